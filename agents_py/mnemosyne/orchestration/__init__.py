@@ -1,0 +1,1 @@
+"""Orchestration: the agent processes the supervisor runs and what each role serves."""

@@ -1,0 +1,10 @@
+"""Tests of mnemosyne.orchestration.agents.roles."""
+
+from mnemosyne.orchestration.agents.roles import ROLES
+
+
+def test_the_four_roles_exist_and_each_gives_a_method_table():
+    assert set(ROLES) == {"executor", "orchestrator", "optimizer", "reviewer"}
+    for factory in ROLES.values():
+        methods = factory()
+        assert all(callable(handler) for handler in methods.values())
