@@ -1,0 +1,13 @@
+//! One agent: a slot that always wants a live worker of its role, run by one actor task and
+//! driven through a cloneable handle.
+
+mod actor;
+mod connection;
+mod handle;
+mod job;
+mod state;
+
+pub(crate) use actor::{AgentActor, AgentContext, AgentSpec, Timing};
+pub use handle::{AgentCommandError, AgentHandle};
+pub use job::{DeliveryFailure, Job, JobError, JobOutcome, JobRequest};
+pub use state::{AgentState, AgentStatus, CrashReport, LastExit, StateName};

@@ -1,0 +1,16 @@
+//! Worker processes: launching, process groups and signals, stderr capture, the orphan warden,
+//! and the embedded Python package.
+
+mod environment;
+mod group;
+mod launcher;
+mod python_package;
+mod stderr;
+mod warden;
+
+pub use environment::{ENV_ALLOWLIST, WorkerEnvironment};
+pub use group::{ExitStatus, ProcessGroup};
+pub use launcher::{LaunchFuture, LaunchSpec, LaunchedWorker, Launcher, LocalLauncher, SpawnError};
+pub use python_package::{PackageError, unpack_embedded_package};
+pub use stderr::{LogTail, STDERR_TAIL_LINES, drain_stderr};
+pub use warden::{WARDEN_SUBCOMMAND, Warden, run_warden};
