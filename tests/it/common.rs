@@ -1,0 +1,214 @@
+//! Shared helpers: fast test configs, starting a supervisor, waiting for events and pids.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mnemosyne::agent::{AgentHandle, AgentStatus, JobOutcome, JobRequest};
+use mnemosyne::config::{AgentConfig, Config, Role};
+use mnemosyne::supervisor::{Event, EventKind, Supervisor, SupervisorOptions};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// Upper bound for anything a test waits for; never the thing being tested.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> String {
+    repo_root()
+        .join("tests/fixtures/workers")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A config with one executor and fast timings, so failures are detected in milliseconds.
+pub fn fast_config() -> Config {
+    let mut config = Config::default();
+    let s = &mut config.supervisor;
+    s.heartbeat_interval = Duration::from_millis(100);
+    s.heartbeat_misses = 3;
+    s.start_timeout = Duration::from_secs(10);
+    s.request_timeout = Duration::from_secs(30);
+    s.cancel_grace = Duration::from_millis(500);
+    s.stop_grace = Duration::from_secs(2);
+    s.term_grace = Duration::from_secs(1);
+    s.backoff_base = Duration::from_millis(20);
+    s.backoff_max = Duration::from_millis(200);
+    s.cooldown_retry = Duration::from_secs(3600);
+    for role in Role::ALL {
+        config.agents.insert(
+            role,
+            AgentConfig {
+                count: 0,
+                ..AgentConfig::default()
+            },
+        );
+    }
+    config.agents.insert(Role::Executor, AgentConfig::default());
+    config
+}
+
+/// The same, with the executor running a fixture worker script.
+pub fn fixture_config(script: &str, extra_args: &[&str]) -> Config {
+    let mut config = fast_config();
+    let executor = config
+        .agents
+        .get_mut(&Role::Executor)
+        .expect("executor configured");
+    let mut args = vec![fixture(script), "--role".into(), "executor".into()];
+    args.extend(extra_args.iter().map(|arg| arg.to_string()));
+    executor.args = Some(args);
+    config
+}
+
+pub fn options() -> SupervisorOptions {
+    let mut options = SupervisorOptions::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"));
+    options.warden_program = Some(PathBuf::from(env!("CARGO_BIN_EXE_mnemosyne")));
+    options
+}
+
+pub struct Running {
+    pub supervisor: Supervisor,
+    pub events: broadcast::Receiver<Arc<Event>>,
+    backlog: std::collections::VecDeque<Arc<Event>>,
+}
+
+impl Running {
+    pub fn start(config: &Config) -> Self {
+        let supervisor = Supervisor::start(config, options()).expect("supervisor starts");
+        let (history, events) = supervisor.events().history_and_subscribe();
+        Self {
+            supervisor,
+            events,
+            backlog: history.into(),
+        }
+    }
+
+    pub fn executor(&self) -> &AgentHandle {
+        self.supervisor
+            .agent("executor-1")
+            .expect("executor-1 exists")
+    }
+
+    pub async fn ready(&self) -> AgentStatus {
+        wait_state(self.executor(), "ready", |s| s.state.to_string() == "ready").await
+    }
+
+    pub async fn call(&self, method: &str, params: Value) -> JobOutcome {
+        self.call_with_deadline(method, params, Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn call_with_deadline(
+        &self,
+        method: &str,
+        params: Value,
+        deadline: Duration,
+    ) -> JobOutcome {
+        let request = JobRequest {
+            id: self.supervisor.next_job_id(),
+            method: method.into(),
+            params,
+            deadline,
+        };
+        let outcome = self.supervisor.submit(Role::Executor, request);
+        tokio::time::timeout(LIMIT, outcome)
+            .await
+            .expect("the job ends within the limit")
+            .expect("the supervisor answers every job")
+    }
+
+    /// The next event (from history first, then live) matching `wanted`.
+    pub async fn event(
+        &mut self,
+        description: &str,
+        mut wanted: impl FnMut(&Event) -> bool,
+    ) -> Arc<Event> {
+        while let Some(event) = self.backlog.pop_front() {
+            if wanted(&event) {
+                return event;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Ok(event)) if wanted(&event) => return event,
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    panic!("event stream broke while waiting for {description}: {error}")
+                }
+                Err(_) => panic!("no {description} event within {LIMIT:?}"),
+            }
+        }
+    }
+
+    pub async fn crash_report(&mut self) -> mnemosyne::agent::CrashReport {
+        let event = self
+            .event("worker_exited", |e| {
+                matches!(e.kind, EventKind::WorkerExited(_))
+            })
+            .await;
+        match &event.kind {
+            EventKind::WorkerExited(report) => (**report).clone(),
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn stop(self) {
+        tokio::time::timeout(LIMIT, self.supervisor.shutdown())
+            .await
+            .expect("shutdown finishes within the limit");
+    }
+}
+
+pub async fn wait_state(
+    agent: &AgentHandle,
+    description: &str,
+    wanted: impl FnMut(&AgentStatus) -> bool,
+) -> AgentStatus {
+    agent
+        .wait_until(description, LIMIT, wanted)
+        .await
+        .expect("agent reaches the wanted state")
+}
+
+/// Whether `pid` is a live process (a zombie left for a non-reaping init counts as dead).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Waits (bounded by `limit`) until `pid` is gone. There is no event for the death of a process
+/// that is not our child, so this checks /proc; the limit is an upper bound only.
+pub async fn gone_within(pid: u32, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !alive(pid)
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real `python3` workers under a real supervisor.
+
+mod common;
+mod hangs;
+mod lifecycle;
+mod orphans;
+mod protocol_faults;
+mod restarts;
+mod supervise_cli;

@@ -1,0 +1,134 @@
+//! No process outlives the supervisor: escalation, grandchildren, SIGKILL of the supervisor.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mnemosyne::process::ExitStatus;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_worker_ignoring_shutdown_and_sigterm_is_sigkilled() {
+    let mut config = fixture_config("ignore_sigterm.py", &[]);
+    config.supervisor.stop_grace = std::time::Duration::from_millis(200);
+    config.supervisor.term_grace = std::time::Duration::from_millis(300);
+    let running = Running::start(&config);
+    let pid = running.ready().await.pid.expect("pid");
+    let agent = running.executor().clone();
+    running.stop().await;
+    let last_exit = agent
+        .status()
+        .last_exit
+        .expect("the stop recorded how the worker ended");
+    assert_eq!(last_exit.status, ExitStatus::Signal { signal: 9 });
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn no_grandchild_survives_a_stop() {
+    let running = Running::start(&fixture_config("misbehave.py", &[]));
+    running.ready().await;
+    let outcome = running.call("spawn_grandchild", json!({})).await;
+    let grandchild = outcome.result.expect("spawned")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    assert!(alive(grandchild));
+    running.stop().await;
+    assert!(
+        gone_within(grandchild, LIMIT).await,
+        "grandchild {grandchild} survived the stop"
+    );
+}
+
+#[tokio::test]
+async fn no_grandchild_survives_its_worker_crashing() {
+    let running = Running::start(&fixture_config("misbehave.py", &[]));
+    running.ready().await;
+    let outcome = running.call("spawn_grandchild", json!({})).await;
+    let grandchild = outcome.result.expect("spawned")["pid"]
+        .as_u64()
+        .expect("pid") as u32;
+    let _ = running
+        .call("crash_if_delivery_below", json!({"n": 2}))
+        .await;
+    assert!(
+        gone_within(grandchild, LIMIT).await,
+        "grandchild {grandchild} outlived its worker"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn no_worker_or_grandchild_survives_a_sigkill_of_the_supervisor() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("mnemosyne.toml");
+    let mut file = std::fs::File::create(&config_path).expect("config file");
+    writeln!(
+        file,
+        "[supervisor]\nheartbeat_interval = \"200ms\"\n[agents.executor]\nargs = [{:?}, \"--role\", \"executor\"]\n\
+         [agents.orchestrator]\ncount = 1\n[agents.optimizer]\ncount = 0\n[agents.reviewer]\ncount = 0\n",
+        fixture("misbehave.py")
+    )
+    .expect("write config");
+    let mut supervisor = Command::new(env!("CARGO_BIN_EXE_mnemosyne"))
+        .args(["supervise", "--config"])
+        .arg(&config_path)
+        .env(
+            "MNEMOSYNE_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("supervisor starts");
+    let mut stdin = supervisor.stdin.take().expect("stdin");
+    writeln!(
+        stdin,
+        r#"{{"role":"executor","method":"spawn_grandchild"}}"#
+    )
+    .expect("request written");
+    stdin.flush().expect("flushed");
+    let mut stdout = BufReader::new(supervisor.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("a result line");
+    let result: serde_json::Value = serde_json::from_str(&line).expect("result is JSON");
+    let grandchild = result["result"]["pid"].as_u64().expect("grandchild pid") as u32;
+    let worker = parent_of(grandchild).expect("grandchild has a parent");
+    let workers: Vec<u32> = children_of(supervisor.id());
+    assert!(
+        workers.contains(&worker),
+        "worker {worker} is a child of the supervisor: {workers:?}"
+    );
+
+    supervisor.kill().expect("SIGKILL the supervisor");
+    supervisor.wait().expect("reaped");
+    for pid in workers.iter().copied().chain([grandchild]) {
+        assert!(
+            gone_within(pid, Duration::from_secs(2)).await,
+            "process {pid} outlived the supervisor by 2 s"
+        );
+    }
+    drop(stdin);
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")
+        .expect("/proc is readable")
+        .flatten()
+    {
+        if let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+            && parent_of(pid) == Some(parent)
+            && alive(pid)
+        {
+            children.push(pid);
+        }
+    }
+    children
+}
