@@ -247,9 +247,14 @@ def parse_strict_json(data: bytes | str) -> Any:
     """
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    if _has_lone_surrogate(value):
+    # Decoded UTF-8 cannot hold a surrogate, so one can only come from a \uD8xx-style escape;
+    # skipping the walk when no such escape exists keeps the common case cheap.
+    if _MAY_ESCAPE_SURROGATE.search(text) and _has_lone_surrogate(value):
         raise ValueError("string holds a lone surrogate")
     return value
+
+
+_MAY_ESCAPE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _reject_constant(name: str) -> Any:

@@ -1,8 +1,8 @@
 """Entry point of an agent worker: `python -m mnemosyne.orchestration.agents --role ROLE`.
 
-Owns only argument parsing and the choice of role; the runtime does the rest. The protocol
-stream is taken before anything else is imported, so nothing a later import prints can reach
-the wire.
+Owns only argument parsing and the choice of role; `roles.run_role` picks the provider from
+`MNEMOSYNE_PROVIDER` and the runtime does the rest. The protocol stream is taken before
+anything else is imported, so nothing a later import prints can reach the wire.
 """
 
 from mnemosyne.runtime.stdio import take_protocol_stream
@@ -14,8 +14,8 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-from mnemosyne.orchestration.agents.roles import ROLES  # noqa: E402
-from mnemosyne.runtime.worker import fatal, run_worker  # noqa: E402
+from mnemosyne.orchestration.agents.roles import ROLES, run_role  # noqa: E402
+from mnemosyne.runtime.worker import fatal  # noqa: E402
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -33,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--role", required=True, help="one of: " + ", ".join(ROLES))
     args = parser.parse_args(argv)
-    methods = ROLES.get(args.role)
-    if methods is None:
+    if args.role not in ROLES:
         fatal("config", f"unknown role {args.role!r}; valid roles are: {', '.join(ROLES)}")
-    return run_worker(args.role, methods)
+    return run_role(args.role)
 
 
 if __name__ == "__main__":
