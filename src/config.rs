@@ -34,6 +34,9 @@ pub const DEFAULT_PYTHON: &str = "python3";
 /// thousand interpreters before anyone noticed.
 pub const MAX_WORKERS_PER_ROLE: u32 = 64;
 
+/// Upper bound on `concurrency` per worker.
+pub const MAX_CONCURRENCY: u32 = 256;
+
 /// Lower bound on `max_line_bytes`: below this even a heartbeat with its envelope may not fit.
 pub const MIN_LINE_BYTES: usize = 1024;
 
@@ -42,6 +45,7 @@ pub const MIN_LINE_BYTES: usize = 1024;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub supervisor: SupervisorConfig,
+    pub plans: PlansConfig,
     pub agents: BTreeMap<Role, AgentConfig>,
 }
 
@@ -49,6 +53,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             supervisor: SupervisorConfig::default(),
+            plans: PlansConfig::default(),
             agents: Role::ALL
                 .into_iter()
                 .map(|role| (role, AgentConfig::default()))
@@ -61,7 +66,7 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupervisorConfig {
-    /// How often a ready worker must send a heartbeat.
+    /// How often the supervisor pings a ready worker.
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     /// Consecutive missed heartbeats after which a worker counts as hung.
@@ -135,12 +140,58 @@ impl Default for SupervisorConfig {
     }
 }
 
+/// The `[plans]` table: how work plans are run and journalled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlansConfig {
+    /// Plans worked on at once; reading stdin pauses at this bound, so memory stays flat.
+    pub max_in_flight: usize,
+    /// Extra tries of a step the model provider turned away (rate limit, overload, 5xx).
+    pub provider_retries: u32,
+    /// First wait before such a retry; it doubles per retry unless the provider names a wait.
+    #[serde(with = "duration")]
+    pub provider_retry_base: Duration,
+    /// Finished plans whose ids the journal remembers, so a resubmitted id is replayed.
+    pub journal_retain: usize,
+}
+
+impl Default for PlansConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            provider_retries: 4,
+            provider_retry_base: Duration::from_secs(1),
+            journal_retain: 100_000,
+        }
+    }
+}
+
+/// Upper bound on `plans.max_in_flight`.
+pub const MAX_PLANS_IN_FLIGHT: usize = 100_000;
+
+fn plans_problem(plans: &PlansConfig) -> Option<Problem> {
+    let problem = |name: &str, message: &str| Some(Problem::new(&["plans", name], message));
+    if plans.max_in_flight < 1 || plans.max_in_flight > MAX_PLANS_IN_FLIGHT {
+        return problem(
+            "max_in_flight",
+            &format!("must be between 1 and {MAX_PLANS_IN_FLIGHT}"),
+        );
+    }
+    if plans.journal_retain < 1 {
+        return problem("journal_retain", "must be at least 1");
+    }
+    None
+}
+
 /// One `[agents.ROLE]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// Number of workers for this role; 0 runs none.
     pub count: u32,
+    /// Requests one worker of this role holds at once (model calls wait on the network, so a
+    /// worker can usefully run several).
+    pub concurrency: u32,
     /// Interpreter for this role, overriding `supervisor.python`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub python: Option<PathBuf>,
@@ -158,6 +209,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             count: 1,
+            concurrency: 4,
             python: None,
             env: BTreeMap::new(),
             restart: RestartPolicy::default(),
@@ -410,11 +462,13 @@ impl Config {
 
     /// The first value out of range, in the order the keys are documented.
     fn first_problem(&self) -> Option<Problem> {
-        supervisor_problem(&self.supervisor).or_else(|| {
-            self.agents
-                .iter()
-                .find_map(|(role, agent)| agent_problem(*role, agent))
-        })
+        supervisor_problem(&self.supervisor)
+            .or_else(|| plans_problem(&self.plans))
+            .or_else(|| {
+                self.agents
+                    .iter()
+                    .find_map(|(role, agent)| agent_problem(*role, agent))
+            })
     }
 }
 
@@ -495,6 +549,12 @@ fn agent_problem(role: Role, agent: &AgentConfig) -> Option<Problem> {
         |name: &str, message: &str| Some(Problem::new(&["agents", role.as_str(), name], message));
     if agent.count > MAX_WORKERS_PER_ROLE {
         return problem("count", &format!("must be at most {MAX_WORKERS_PER_ROLE}"));
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&agent.concurrency) {
+        return problem(
+            "concurrency",
+            &format!("must be between 1 and {MAX_CONCURRENCY}"),
+        );
     }
     if agent
         .python
@@ -773,9 +833,14 @@ mod tests {
             "max_line_bytes",
             "python",
             "count",
+            "concurrency",
             "env",
             "restart",
             "args",
+            "max_in_flight",
+            "provider_retries",
+            "provider_retry_base",
+            "journal_retain",
         ];
         for key in keys {
             assert!(
@@ -811,8 +876,15 @@ max_deliveries = 2
 max_line_bytes = 1048576
 python = "/opt/python/bin/python3.12"
 
+[plans]
+max_in_flight = 8
+provider_retries = 1
+provider_retry_base = "250ms"
+journal_retain = 50
+
 [agents.executor]
 count = 4
+concurrency = 8
 python = "/usr/bin/python3"
 env = { FOO = "bar", "WITH SPACE" = "ok" }
 restart = "transient"
@@ -846,12 +918,19 @@ restart = "temporary"
                 max_line_bytes: 1_048_576,
                 python: Some(PathBuf::from("/opt/python/bin/python3.12")),
             },
+            plans: PlansConfig {
+                max_in_flight: 8,
+                provider_retries: 1,
+                provider_retry_base: Duration::from_millis(250),
+                journal_retain: 50,
+            },
             ..Config::default()
         };
         expected.agents.insert(
             Role::Executor,
             AgentConfig {
                 count: 4,
+                concurrency: 8,
                 python: Some(PathBuf::from("/usr/bin/python3")),
                 env: BTreeMap::from([
                     ("FOO".to_owned(), "bar".to_owned()),

@@ -43,6 +43,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod plan;
 pub mod process;
 pub mod protocol;
 pub mod supervisor;

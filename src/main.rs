@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mnemosyne::cli::{self, supervise::RunOutcome};
 use mnemosyne::config::{Config, ConfigError};
+use mnemosyne::plan::statedir::default_state_dir;
 use mnemosyne::process::{WARDEN_SUBCOMMAND, run_warden};
 use mnemosyne::supervisor::SupervisorOptions;
 use tokio_util::sync::CancellationToken;
@@ -24,14 +25,26 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start one worker per agent, read requests from stdin, write results to stdout.
+    /// Start the agents, run the work plans piped on stdin, print one result per plan.
     ///
-    /// Example:
-    ///   echo '{"role":"executor","method":"echo","params":{"text":"hi"}}' | mnemosyne supervise
+    /// Input is NDJSON (one plan per line), a single JSON plan, or a JSON array of plans.
+    /// Results are NDJSON on stdout, in completion order; logs go to stderr (RUST_LOG).
+    ///
+    /// Examples:
+    ///   mnemosyne supervise < plans.ndjson > results.ndjson
+    ///   echo '{"prompt": "...", "tech_stack": "Rust", "success_criteria": "..."}' | mnemosyne supervise
+    #[command(verbatim_doc_comment)]
     Supervise {
         /// Config file (TOML). Default: ./mnemosyne.toml if it exists.
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Where the journal and the lock live. Default: $MNEMOSYNE_STATE_DIR, else
+        /// $XDG_STATE_HOME/mnemosyne, else ~/.local/state/mnemosyne.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Keep running after stdin ends, until SIGINT/SIGTERM.
+        #[arg(long)]
+        keep_running: bool,
     },
     #[command(name = WARDEN_SUBCOMMAND, hide = true)]
     Warden,
@@ -63,6 +76,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
     match runtime.block_on(run(args.command)) {
@@ -82,11 +96,14 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<RunOutcome> {
     match command {
-        Command::Supervise { config } => {
+        Command::Supervise {
+            config,
+            state_dir,
+            keep_running,
+        } => {
             let cwd = std::env::current_dir()?;
             let (config, _) = Config::discover(config.as_deref(), &cwd)?;
-            let cache_dir = cli::cache_dir();
-            let mut options = SupervisorOptions::new(cache_dir.clone());
+            let mut options = SupervisorOptions::new(cli::cache_dir());
             options.warden_program = std::env::current_exe().ok();
             let interrupt = CancellationToken::new();
             let kill_now = CancellationToken::new();
@@ -94,9 +111,10 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
             let args = cli::supervise::SuperviseArgs {
                 config,
                 options,
+                state_dir: state_dir.unwrap_or_else(default_state_dir),
+                keep_running,
                 interrupt,
                 kill_now,
-                cache_dir,
             };
             cli::supervise::run(args, tokio::io::stdin(), tokio::io::stdout()).await
         }

@@ -1,6 +1,7 @@
 //! The agent actor: one task per agent that owns its state, its current worker, the request
 //! that worker holds, and the decision of what to do when the worker dies.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub(crate) struct AgentSpec {
     pub timing: Timing,
     pub max_line_bytes: usize,
     pub max_deliveries: u32,
+    /// Requests one worker holds at once; its runtime serves them concurrently.
+    pub concurrency: u32,
 }
 
 /// What the actor needs from the rest of the supervisor.
@@ -61,6 +64,9 @@ pub(crate) struct AgentContext {
     pub events: EventBus,
     pub jobs: async_channel::Receiver<Job>,
     pub requeue: async_channel::Sender<Job>,
+    /// Jobs to run alone on a worker (see [`Job::isolate`]).
+    pub isolated: async_channel::Receiver<Job>,
+    pub requeue_isolated: async_channel::Sender<Job>,
     pub shutdown: CancellationToken,
     pub kill_now: CancellationToken,
 }
@@ -91,9 +97,12 @@ struct Worker {
     next_ping_at: Option<Instant>,
     next_nonce: u64,
     unanswered_pings: u32,
-    in_flight: Option<InFlight>,
+    /// Requests the worker holds, by job id; at most `concurrency` of them.
+    in_flight: BTreeMap<String, InFlight>,
     /// Set once the supervisor has decided to kill this worker, with why.
     doom: Option<(DeathCause, String)>,
+    /// The job the death is known to be caused by (one that ignored its cancel).
+    culprit: Option<String>,
 }
 
 struct InFlight {
@@ -135,6 +144,7 @@ impl AgentActor {
             restarts: 0,
             ready_since: None,
             in_flight: 0,
+            current_job: None,
             last_exit: None,
             reason: None,
             next_retry: None,
@@ -206,6 +216,7 @@ impl AgentActor {
     async fn next_event(&mut self) -> ActorEvent {
         let wake = self.next_wakeup();
         let take_jobs = self.can_take_job();
+        let take_isolated = self.can_take_isolated_job();
         let worker = self.worker.as_mut();
         let conn_event = async move {
             match worker {
@@ -219,6 +230,7 @@ impl AgentActor {
             () = self.ctx.shutdown.cancelled() => ActorEvent::Shutdown,
             event = conn_event => ActorEvent::Conn(event),
             Some(command) = self.commands.recv() => ActorEvent::Command(command),
+            Ok(job) = self.ctx.isolated.recv(), if take_isolated => ActorEvent::Job(job),
             Ok(job) = self.ctx.jobs.recv(), if take_jobs => ActorEvent::Job(job),
             () = sleep_until(wake) => ActorEvent::Tick,
         }
@@ -226,11 +238,27 @@ impl AgentActor {
 
     fn can_take_job(&self) -> bool {
         !self.held
+            && matches!(
+                self.state,
+                AgentState::Ready { .. } | AgentState::Busy { .. }
+            )
+            && self.worker.as_ref().is_some_and(|w| {
+                w.in_flight.len() < self.spec.concurrency as usize
+                    && w.doom.is_none()
+                    && !w.in_flight.values().any(|held| held.job.isolate)
+            })
+            // A waiting isolated job needs an idle worker; stop filling this one so it drains.
+            && self.ctx.isolated.is_empty()
+    }
+
+    /// An isolated job runs only on a worker that holds nothing else.
+    fn can_take_isolated_job(&self) -> bool {
+        !self.held
             && matches!(self.state, AgentState::Ready { .. })
             && self
                 .worker
                 .as_ref()
-                .is_some_and(|w| w.in_flight.is_none() && w.doom.is_none())
+                .is_some_and(|w| w.in_flight.is_empty() && w.doom.is_none())
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -251,11 +279,12 @@ impl AgentActor {
             .then(|| worker.started_at + timing.start_timeout);
         let request_deadline = worker
             .in_flight
-            .as_ref()
+            .values()
             .map(|held| match held.cancel_sent_at {
                 None => held.deadline,
                 Some(sent) => sent + timing.cancel_grace,
-            });
+            })
+            .min();
         [start_deadline, worker.next_ping_at, request_deadline]
             .into_iter()
             .flatten()
@@ -300,27 +329,35 @@ impl AgentActor {
             worker.unanswered_pings += 1;
             worker.next_ping_at = Some(now + timing.heartbeat_interval);
         }
-        if let Some(held) = worker.in_flight.as_mut() {
+        let mut cancels = Vec::new();
+        let mut overdue: Option<(String, String)> = None;
+        for held in worker.in_flight.values_mut() {
             match held.cancel_sent_at {
                 None if now >= held.deadline => {
                     held.cancel_sent_at = Some(now);
-                    let cancel = SupervisorMessage::Cancel(Cancel {
+                    cancels.push(SupervisorMessage::Cancel(Cancel {
                         id: held.job.request.id.clone(),
                         reason: Some("deadline".into()),
-                    });
-                    send(worker, &cancel, self.spec.max_line_bytes);
+                    }));
                 }
-                Some(sent) if now >= sent + timing.cancel_grace => {
+                Some(sent) if now >= sent + timing.cancel_grace && overdue.is_none() => {
                     let detail = format!(
                         "request {} overran its deadline of {} and did not answer the cancel within {}",
                         held.job.request.id,
                         human(held.job.request.deadline),
                         human(timing.cancel_grace)
                     );
-                    kill(worker, DeathCause::Deadline, detail);
+                    overdue = Some((held.job.request.id.clone(), detail));
                 }
                 _ => {}
             }
+        }
+        for cancel in &cancels {
+            send(worker, cancel, self.spec.max_line_bytes);
+        }
+        if let Some((culprit, detail)) = overdue {
+            worker.culprit = Some(culprit);
+            kill(worker, DeathCause::Deadline, detail);
         }
     }
 
@@ -383,6 +420,12 @@ impl AgentActor {
                     );
                     kill(worker, DeathCause::Fatal, detail);
                 } else {
+                    if hello.provider.as_deref() == Some("offline") {
+                        tracing::warn!(
+                            "OFFLINE provider: this worker calls no model; its answers are canned, \
+                             not from Claude (configure an Anthropic key to use Claude)"
+                        );
+                    }
                     tracing::info!(
                         python = %hello.python,
                         package = %hello.package,
@@ -405,16 +448,12 @@ impl AgentActor {
                 }
             }
             WorkerMessage::Response(response) => {
-                let matches_held = worker
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|held| held.job.request.id == response.id);
-                if !matches_held {
+                let Some(held) = worker.in_flight.remove(&response.id) else {
                     tracing::warn!(id = %response.id, "response for a request this worker does not hold; ignored");
                     return;
-                }
-                let held = worker.in_flight.take().expect("checked above");
+                };
                 let pid = worker.conn.pid;
+                let idle = worker.in_flight.is_empty();
                 match response.outcome {
                     Outcome::Result(value) => held.job.finish(Ok(value)),
                     Outcome::Error(error)
@@ -426,20 +465,24 @@ impl AgentActor {
                             pid,
                             cause: DeathCause::Deadline,
                             exit: None,
+                            shared: false,
                             stderr_tail: self.tail.last(FAILURE_TAIL_LINES),
                         };
                         self.redeliver(held.job, Some(failure));
                     }
                     Outcome::Error(error) => held.job.finish(Err(JobError::Worker(error))),
                 }
+                // While stopping, the state already says what happens next.
                 if matches!(self.state, AgentState::Busy { .. }) {
-                    self.set_state(
-                        AgentState::Ready {
+                    if idle {
+                        let ready = AgentState::Ready {
                             pid,
                             since: Instant::now(),
-                        },
-                        "request finished",
-                    );
+                        };
+                        self.set_state(ready, "request finished");
+                    } else {
+                        self.publish_status();
+                    }
                 }
             }
             WorkerMessage::Progress(progress) => {
@@ -487,19 +530,22 @@ impl AgentActor {
         let now = Instant::now();
         let pid = worker.conn.pid;
         let id = job.request.id.clone();
-        worker.in_flight = Some(InFlight {
+        let held = InFlight {
             deadline: now + job.request.deadline,
             cancel_sent_at: None,
             job,
-        });
-        self.set_state(
-            AgentState::Busy {
+        };
+        worker.in_flight.insert(id.clone(), held);
+        if matches!(self.state, AgentState::Busy { .. }) {
+            self.publish_status();
+        } else {
+            let busy = AgentState::Busy {
                 pid,
                 job: id.clone(),
                 since: now,
-            },
-            format!("request {id}"),
-        );
+            };
+            self.set_state(busy, format!("request {id}"));
+        }
     }
 
     /// Puts a job back in its role's queue after a lost delivery, or quarantines it once it has
@@ -508,7 +554,7 @@ impl AgentActor {
         if let Some(failure) = failure {
             job.failures.push(failure);
         }
-        if job.failures.len() >= self.spec.max_deliveries as usize {
+        if job.attributed_failures() >= self.spec.max_deliveries as usize {
             tracing::warn!(job = %job.request.id, deliveries = job.deliveries, "job quarantined");
             self.ctx.events.publish(
                 Some(&self.spec.id),
@@ -521,7 +567,12 @@ impl AgentActor {
             job.finish(Err(JobError::Quarantined { failures }));
             return;
         }
-        if let Err(closed) = self.ctx.requeue.try_send(job) {
+        let queue = if job.isolate {
+            &self.ctx.requeue_isolated
+        } else {
+            &self.ctx.requeue
+        };
+        if let Err(closed) = queue.try_send(job) {
             closed.into_inner().finish(Err(JobError::SupervisorStopped));
         }
     }
@@ -541,21 +592,23 @@ impl AgentActor {
             None => (DeathCause::Crash, status.to_string()),
         };
         tracing::warn!(pid = worker.conn.pid, %status, %cause, %detail, "worker died");
-        let in_flight: Vec<String> = worker
-            .in_flight
-            .as_ref()
-            .map(|held| held.job.request.id.clone())
-            .into_iter()
-            .collect();
-        if let Some(held) = worker.in_flight.take() {
-            let failure = DeliveryFailure {
+        let in_flight: Vec<String> = worker.in_flight.keys().cloned().collect();
+        let culprit = worker.culprit.take();
+        let shared = in_flight.len() > 1 && culprit.is_none();
+        for (id, held) in std::mem::take(&mut worker.in_flight) {
+            let mut job = held.job;
+            // A death with a known culprit is not the bystanders' fault: they just go again.
+            let blamed = culprit.as_ref().is_none_or(|culprit| *culprit == id);
+            let failure = blamed.then(|| DeliveryFailure {
                 agent: self.spec.id.clone(),
                 pid: worker.conn.pid,
                 cause,
                 exit: Some(status),
+                shared,
                 stderr_tail: self.tail.last(FAILURE_TAIL_LINES),
-            };
-            self.redeliver(held.job, Some(failure));
+            });
+            job.isolate |= shared;
+            self.redeliver(job, failure);
         }
         let now = Instant::now();
         let ready_for = worker.ready_at.map(|at| now - at);
@@ -748,7 +801,7 @@ impl AgentActor {
             cause: DeathCause::Exited,
             at: std::time::SystemTime::now(),
         });
-        if let Some(held) = worker.in_flight.take() {
+        for (_, held) in std::mem::take(&mut worker.in_flight) {
             // The worker was stopped on purpose; that is not the job's fault, so no failure is
             // recorded and a sibling (or the next worker) takes it.
             self.redeliver(held.job, None);
@@ -811,8 +864,9 @@ impl AgentActor {
                     next_ping_at: None,
                     next_nonce: 0,
                     unanswered_pings: 0,
-                    in_flight: None,
+                    in_flight: BTreeMap::new(),
                     doom: None,
+                    culprit: None,
                 });
                 self.ctx
                     .events
@@ -890,7 +944,11 @@ impl AgentActor {
             pid: self.state.pid(),
             restarts: self.restarts,
             ready_since,
-            in_flight: u32::from(self.worker.as_ref().is_some_and(|w| w.in_flight.is_some())),
+            in_flight: self.worker.as_ref().map_or(0, |w| w.in_flight.len() as u32),
+            current_job: self
+                .worker
+                .as_ref()
+                .and_then(|w| w.in_flight.keys().next().cloned()),
             last_exit: self.last_exit.clone(),
             reason: self.state.reason().map(str::to_owned),
             next_retry: self.state.retry_at().map(wall_clock),

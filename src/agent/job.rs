@@ -26,6 +26,10 @@ pub struct Job {
     pub request: JobRequest,
     pub deliveries: u32,
     pub failures: Vec<DeliveryFailure>,
+    /// Set after this job was on a worker that died holding other jobs too: which one killed
+    /// it is unknown, so the next delivery goes to a worker holding nothing else, where a death
+    /// can be blamed on this job alone.
+    pub isolate: bool,
     pub(crate) reply: oneshot::Sender<JobOutcome>,
 }
 
@@ -37,6 +41,7 @@ impl Job {
                 request,
                 deliveries: 0,
                 failures: Vec::new(),
+                isolate: false,
                 reply,
             },
             outcome,
@@ -59,7 +64,20 @@ pub struct DeliveryFailure {
     pub pid: u32,
     pub cause: DeathCause,
     pub exit: Option<ExitStatus>,
+    /// The worker held other jobs too, so this death is not blamed on this job and does not
+    /// count towards its quarantine.
+    pub shared: bool,
     pub stderr_tail: Vec<String>,
+}
+
+impl Job {
+    /// Lost deliveries that can be blamed on this job.
+    pub fn attributed_failures(&self) -> usize {
+        self.failures
+            .iter()
+            .filter(|failure| !failure.shared)
+            .count()
+    }
 }
 
 #[derive(Debug)]

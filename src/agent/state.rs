@@ -130,6 +130,8 @@ pub struct AgentStatus {
     #[serde(serialize_with = "rfc3339_opt")]
     pub ready_since: Option<SystemTime>,
     pub in_flight: u32,
+    /// The id of the request the worker holds, while busy.
+    pub current_job: Option<String>,
     pub last_exit: Option<LastExit>,
     pub reason: Option<String>,
     #[serde(serialize_with = "rfc3339_opt")]

@@ -70,6 +70,8 @@ struct RoleQueue {
     sender: async_channel::Sender<Job>,
     /// Kept so jobs still queued at shutdown can be answered instead of silently dropped.
     receiver: async_channel::Receiver<Job>,
+    isolated_sender: async_channel::Sender<Job>,
+    isolated_receiver: async_channel::Receiver<Job>,
     agents: usize,
 }
 
@@ -124,11 +126,14 @@ impl Supervisor {
         let mut queues = BTreeMap::new();
         for (&role, agent_config) in &config.agents {
             let (sender, receiver) = async_channel::unbounded();
+            let (isolated_sender, isolated_receiver) = async_channel::unbounded();
             queues.insert(
                 role,
                 RoleQueue {
                     sender: sender.clone(),
                     receiver: receiver.clone(),
+                    isolated_sender: isolated_sender.clone(),
+                    isolated_receiver: isolated_receiver.clone(),
                     agents: agent_config.count as usize,
                 },
             );
@@ -183,6 +188,7 @@ impl Supervisor {
                     timing: timing.clone(),
                     max_line_bytes: settings.max_line_bytes,
                     max_deliveries: settings.max_deliveries,
+                    concurrency: agent_config.concurrency,
                 };
                 let ctx = AgentContext {
                     launcher: launcher.clone(),
@@ -190,6 +196,8 @@ impl Supervisor {
                     events: events.clone(),
                     jobs: receiver.clone(),
                     requeue: sender.clone(),
+                    isolated: isolated_receiver.clone(),
+                    requeue_isolated: isolated_sender.clone(),
                     shutdown: shutdown.child_token(),
                     kill_now: kill_now.child_token(),
                 };
@@ -274,14 +282,19 @@ impl Supervisor {
     }
 
     /// Stops every agent in parallel (shutdown message, graces, signals), answers any job
-    /// still queued, and waits for the warden.
-    pub async fn shutdown(self) {
+    /// still queued, and waits for the warden. Calling it again is harmless.
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         for queue in self.queues.values() {
             queue.sender.close();
-            while let Ok(job) = queue.receiver.try_recv() {
+            queue.isolated_sender.close();
+            while let Ok(job) = queue
+                .isolated_receiver
+                .try_recv()
+                .or_else(|_| queue.receiver.try_recv())
+            {
                 job.finish(Err(JobError::SupervisorStopped));
             }
         }

@@ -1,0 +1,542 @@
+//! One work plan's way through the agents: validate (executor) → orchestrate (orchestrator) →
+//! for each task, in dependency order and in parallel where the graph allows: optimize
+//! (optimizer) → execute (executor) → review (reviewer), executing again with the reviewer's
+//! feedback until the review passes or `max_review_attempts` is spent.
+//!
+//! Every step is a job for a worker of that role. Losing a worker is handled below this level
+//! (the job is redelivered); here a failed step is either a provider hiccup to retry or the
+//! plan's outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Value, json};
+
+use super::graph::TaskGraph;
+use super::model::{Plan, TaskSpec};
+use super::result::{PlanResult, PlanStatus, TaskOutcome, Usage};
+use crate::agent::{DeliveryFailure, JobError, JobRequest};
+use crate::config::Role;
+use crate::protocol::error_codes;
+use crate::supervisor::Supervisor;
+
+/// The longest wait between two tries of a step the model provider turned away.
+const PROVIDER_RETRY_CAP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub step_deadline: Duration,
+    /// Extra tries of a step after a retryable provider error (rate limit, overload, 5xx).
+    pub provider_retries: u32,
+    pub provider_retry_base: Duration,
+}
+
+#[derive(Clone)]
+pub struct PlanRunner {
+    supervisor: Arc<Supervisor>,
+    settings: RunnerSettings,
+}
+
+/// How a run ended: with a result, or cut short because the supervisor is stopping (the plan
+/// stays unfinished in the journal and is resumed by the next run).
+#[derive(Debug)]
+pub enum RunEnd {
+    Finished(Box<PlanResult>),
+    Interrupted,
+}
+
+#[derive(Debug)]
+enum StepError {
+    Failed {
+        message: String,
+        failures: Vec<DeliveryFailure>,
+    },
+    Interrupted,
+}
+
+struct StepOk {
+    value: Value,
+    deliveries: u32,
+}
+
+/// What one task contributes to its plan's result.
+struct TaskRun {
+    outcome: TaskOutcome,
+    usage: Usage,
+    provider: Option<String>,
+    failures: Vec<DeliveryFailure>,
+}
+
+impl PlanRunner {
+    pub fn new(supervisor: Arc<Supervisor>, settings: RunnerSettings) -> Self {
+        Self {
+            supervisor,
+            settings,
+        }
+    }
+
+    /// Stops the agents: jobs still waiting are answered as interrupted, so every run ends.
+    pub async fn stop_agents(&self) {
+        self.supervisor.shutdown().await;
+    }
+
+    pub async fn run(&self, plan: &Plan) -> RunEnd {
+        let started = Instant::now();
+        let mut result = match self.run_steps(plan).await {
+            Ok(result) => result,
+            Err(()) => return RunEnd::Interrupted,
+        };
+        result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        RunEnd::Finished(Box::new(result))
+    }
+
+    async fn run_steps(&self, plan: &Plan) -> Result<PlanResult, ()> {
+        let id = plan.id().to_owned();
+        let plan_json = serde_json::to_value(plan).expect("plans serialise");
+        let mut result = PlanResult::new(Some(id.clone()), PlanStatus::Succeeded);
+
+        let validation = match self
+            .step(
+                &format!("{id}/validate"),
+                Role::Executor,
+                "validate_plan",
+                json!({ "plan": plan_json }),
+            )
+            .await
+        {
+            Ok(step) => step,
+            Err(error) => return fail_plan(result, error),
+        };
+        result.deliveries = result.deliveries.max(validation.deliveries);
+        if validation.value["valid"] != Value::Bool(true) {
+            result.status = PlanStatus::Rejected;
+            result.issues = strings(&validation.value["issues"]);
+            result.questions = strings(&validation.value["questions"]);
+            result.errors = result
+                .issues
+                .iter()
+                .map(|issue| format!("validation: {issue}"))
+                .collect();
+            return Ok(result);
+        }
+
+        let orchestration = match self
+            .step(
+                &format!("{id}/orchestrate"),
+                Role::Orchestrator,
+                "orchestrate",
+                json!({ "plan": plan_json }),
+            )
+            .await
+        {
+            Ok(step) => step,
+            Err(error) => return fail_plan(result, error),
+        };
+        result.deliveries = result.deliveries.max(orchestration.deliveries);
+        let tasks: Vec<TaskSpec> =
+            match serde_json::from_value(known_task_fields(&orchestration.value["tasks"])) {
+                Ok(tasks) => tasks,
+                Err(error) => {
+                    result.status = PlanStatus::Failed;
+                    result.errors.push(format!(
+                        "orchestrator returned an unusable task list: {error}"
+                    ));
+                    return Ok(result);
+                }
+            };
+        let graph = match TaskGraph::new(&tasks) {
+            Ok(graph) => graph,
+            Err(error) => {
+                result.status = PlanStatus::Failed;
+                result.errors.push(format!(
+                    "orchestrator returned an invalid task graph: {error}"
+                ));
+                return Ok(result);
+            }
+        };
+        let runs = self
+            .run_graph(
+                &id,
+                &plan_json,
+                &tasks,
+                &graph,
+                plan.options.max_review_attempts,
+            )
+            .await?;
+        Ok(assemble(result, runs, &graph))
+    }
+
+    /// Runs every task once its dependencies have succeeded; a task whose dependency failed
+    /// fails without running, naming the dependency.
+    async fn run_graph(
+        &self,
+        plan_id: &str,
+        plan_json: &Value,
+        tasks: &[TaskSpec],
+        graph: &TaskGraph,
+        max_attempts: u32,
+    ) -> Result<HashMap<String, TaskRun>, ()> {
+        let by_id: HashMap<&str, &TaskSpec> =
+            tasks.iter().map(|task| (task.id.as_str(), task)).collect();
+        let order = graph.topological_order();
+        let mut done: HashMap<String, TaskRun> = HashMap::new();
+        let mut started: HashSet<String> = HashSet::new();
+        let mut running = FuturesUnordered::new();
+        loop {
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for task_id in &order {
+                    if started.contains(task_id) {
+                        continue;
+                    }
+                    let dependencies = graph.dependencies(task_id);
+                    if !dependencies.iter().all(|dep| done.contains_key(dep)) {
+                        continue;
+                    }
+                    started.insert(task_id.clone());
+                    progressed = true;
+                    let failed_dependency = dependencies
+                        .iter()
+                        .find(|dep| done[*dep].outcome.status != PlanStatus::Succeeded);
+                    if let Some(dependency) = failed_dependency {
+                        done.insert(task_id.clone(), skipped(task_id, dependency));
+                        continue;
+                    }
+                    let task = by_id[task_id.as_str()];
+                    running.push(self.run_task(plan_id, plan_json, task, max_attempts));
+                }
+            }
+            match running.next().await {
+                Some(Ok(run)) => {
+                    done.insert(run.outcome.id.clone(), run);
+                }
+                Some(Err(())) => return Err(()),
+                None => return Ok(done),
+            }
+        }
+    }
+
+    async fn run_task(
+        &self,
+        plan_id: &str,
+        plan_json: &Value,
+        task: &TaskSpec,
+        max_attempts: u32,
+    ) -> Result<TaskRun, ()> {
+        let task_json = serde_json::to_value(task).expect("tasks serialise");
+        let prefix = format!("{plan_id}/{}", task.id);
+        let mut run = TaskRun {
+            outcome: TaskOutcome {
+                id: task.id.clone(),
+                status: PlanStatus::Failed,
+                attempts: 0,
+                output: None,
+                review: None,
+                error: None,
+                deliveries: 0,
+            },
+            usage: Usage::default(),
+            provider: None,
+            failures: Vec::new(),
+        };
+        let params = json!({ "plan": plan_json, "task": task_json });
+        let context = match self
+            .step(
+                &format!("{prefix}/optimize"),
+                Role::Optimizer,
+                "optimize",
+                params,
+            )
+            .await
+        {
+            Ok(step) => run.absorb(step),
+            Err(error) => return run.fail(error),
+        };
+        let mut feedback: Vec<String> = Vec::new();
+        for attempt in 1..=max_attempts.max(1) {
+            run.outcome.attempts = attempt;
+            let params = json!({
+                "plan": plan_json, "task": task_json, "attempt": attempt,
+                "feedback": feedback, "context": context,
+            });
+            let execution = match self
+                .step(
+                    &format!("{prefix}/execute/{attempt}"),
+                    Role::Executor,
+                    "execute",
+                    params,
+                )
+                .await
+            {
+                Ok(step) => run.absorb(step),
+                Err(error) => return run.fail(error),
+            };
+            if let Some(provider) = execution["provider"].as_str() {
+                run.provider = Some(provider.to_owned());
+            }
+            let params = json!({ "plan": plan_json, "task": task_json, "execution": execution, "attempt": attempt });
+            let review = match self
+                .step(
+                    &format!("{prefix}/review/{attempt}"),
+                    Role::Reviewer,
+                    "review",
+                    params,
+                )
+                .await
+            {
+                Ok(step) => run.absorb(step),
+                Err(error) => return run.fail(error),
+            };
+            run.outcome.output = execution["output"].as_str().map(str::to_owned);
+            let passed = review["passed"] == Value::Bool(true);
+            feedback = strings(&review["issues"]);
+            run.outcome.review = Some(review);
+            if passed {
+                run.outcome.status = PlanStatus::Succeeded;
+                return Ok(run);
+            }
+        }
+        run.outcome.error = Some(format!(
+            "review failed after {} attempts: {}",
+            run.outcome.attempts,
+            if feedback.is_empty() {
+                "no issues given".to_owned()
+            } else {
+                feedback.join("; ")
+            }
+        ));
+        Ok(run)
+    }
+
+    /// One request to a worker of `role`, retried with backoff while the model provider is
+    /// rate limiting or unavailable. Those retries are not worker failures.
+    async fn step(
+        &self,
+        job_id: &str,
+        role: Role,
+        method: &str,
+        params: Value,
+    ) -> Result<StepOk, StepError> {
+        let mut retry = 0u32;
+        let mut deliveries = 0;
+        loop {
+            let id = if retry == 0 {
+                job_id.to_owned()
+            } else {
+                format!("{job_id}#{retry}")
+            };
+            let request = JobRequest {
+                id,
+                method: method.to_owned(),
+                params: params.clone(),
+                deadline: self.settings.step_deadline,
+            };
+            let Ok(outcome) = self.supervisor.submit(role, request).await else {
+                return Err(StepError::Interrupted);
+            };
+            deliveries = deliveries.max(outcome.deliveries);
+            let error = match outcome.result {
+                Ok(value) => return Ok(StepOk { value, deliveries }),
+                Err(error) => error,
+            };
+            let message = |text: String| StepError::Failed {
+                message: format!("{role}.{method}: {text}"),
+                failures: Vec::new(),
+            };
+            match error {
+                JobError::Worker(body)
+                    if body.retryable
+                        && [error_codes::RATE_LIMITED, error_codes::PROVIDER_UNAVAILABLE]
+                            .contains(&body.code.as_str())
+                        && retry < self.settings.provider_retries =>
+                {
+                    let hinted = body
+                        .details
+                        .as_ref()
+                        .and_then(|details| details.get("retry_after_ms"))
+                        .and_then(Value::as_u64)
+                        .map(Duration::from_millis);
+                    let backoff = self
+                        .settings
+                        .provider_retry_base
+                        .saturating_mul(1 << retry.min(16));
+                    let delay = hinted.unwrap_or(backoff).min(PROVIDER_RETRY_CAP);
+                    tracing::info!(job = job_id, code = %body.code, ?delay, "provider turned the request away; retrying");
+                    retry += 1;
+                    tokio::time::sleep(delay).await;
+                }
+                JobError::Worker(body) => {
+                    return Err(message(format!("{}: {}", body.code, body.message)));
+                }
+                JobError::Quarantined { failures } => {
+                    let causes: Vec<String> = failures
+                        .iter()
+                        .map(|f| {
+                            let shared = if f.shared { ", shared" } else { "" };
+                            format!("{} on {}{shared}", f.cause, f.agent)
+                        })
+                        .collect();
+                    return Err(StepError::Failed {
+                        message: format!(
+                            "{role}.{method}: quarantined after {} lost deliveries ({})",
+                            failures.len(),
+                            causes.join(", ")
+                        ),
+                        failures,
+                    });
+                }
+                JobError::SupervisorStopped => return Err(StepError::Interrupted),
+                other => return Err(message(other.to_string())),
+            }
+        }
+    }
+}
+
+impl TaskRun {
+    fn absorb(&mut self, step: StepOk) -> Value {
+        self.outcome.deliveries = self.outcome.deliveries.max(step.deliveries);
+        self.usage.add_from(&step.value);
+        step.value
+    }
+
+    fn fail(mut self, error: StepError) -> Result<TaskRun, ()> {
+        match error {
+            StepError::Interrupted => Err(()),
+            StepError::Failed { message, failures } => {
+                self.outcome.status = PlanStatus::Failed;
+                self.outcome.error = Some(message);
+                self.failures = failures;
+                Ok(self)
+            }
+        }
+    }
+}
+
+fn skipped(task_id: &str, dependency: &str) -> TaskRun {
+    TaskRun {
+        outcome: TaskOutcome {
+            id: task_id.to_owned(),
+            status: PlanStatus::Failed,
+            attempts: 0,
+            output: None,
+            review: None,
+            error: Some(format!("not run: dependency {dependency:?} failed")),
+            deliveries: 0,
+        },
+        usage: Usage::default(),
+        provider: None,
+        failures: Vec::new(),
+    }
+}
+
+fn fail_plan(mut result: PlanResult, error: StepError) -> Result<PlanResult, ()> {
+    match error {
+        StepError::Interrupted => Err(()),
+        StepError::Failed { message, failures } => {
+            result.status = PlanStatus::Failed;
+            result.errors.push(message);
+            result.failures = failures;
+            result.deliveries = result.deliveries.max(result.failures.len() as u32);
+            Ok(result)
+        }
+    }
+}
+
+/// Folds task outcomes into the plan result, in the graph's execution order.
+fn assemble(
+    mut result: PlanResult,
+    mut runs: HashMap<String, TaskRun>,
+    graph: &TaskGraph,
+) -> PlanResult {
+    let order = graph.topological_order();
+    let mut outputs = Vec::new();
+    for task_id in &order {
+        let Some(run) = runs.remove(task_id) else {
+            continue;
+        };
+        result.usage.input_tokens += run.usage.input_tokens;
+        result.usage.output_tokens += run.usage.output_tokens;
+        result.deliveries = result
+            .deliveries
+            .max(run.outcome.deliveries)
+            .max(run.failures.len() as u32);
+        result.attempts = result.attempts.max(run.outcome.attempts);
+        if run.provider.is_some() {
+            result.provider = run.provider;
+        }
+        result.failures.extend(run.failures);
+        if let Some(error) = &run.outcome.error {
+            result
+                .errors
+                .push(format!("task {}: {error}", run.outcome.id));
+        }
+        if run.outcome.status != PlanStatus::Succeeded {
+            result.status = PlanStatus::Failed;
+        }
+        if let Some(output) = &run.outcome.output {
+            outputs.push((run.outcome.id.clone(), output.clone()));
+        }
+        if run.outcome.review.is_some() {
+            result.review = run.outcome.review.clone();
+        }
+        result.tasks.push(run.outcome);
+    }
+    result.output = match outputs.len() {
+        0 => None,
+        1 => outputs.pop().map(|(_, output)| output),
+        _ => Some(
+            outputs
+                .iter()
+                .map(|(id, output)| format!("## {id}\n{output}"))
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        ),
+    };
+    result
+}
+
+/// The orchestrator may annotate tasks with fields of its own; the runner needs only these.
+fn known_task_fields(tasks: &Value) -> Value {
+    const KNOWN: [&str; 6] = [
+        "id",
+        "prompt",
+        "depends_on",
+        "tech_stack",
+        "success_criteria",
+        "constraints",
+    ];
+    match tasks {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::Object(fields) => Value::Object(
+                        fields
+                            .iter()
+                            .filter(|(key, _)| KNOWN.contains(&key.as_str()))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                    other => other.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
