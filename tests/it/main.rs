@@ -4,6 +4,8 @@ mod common;
 mod hangs;
 mod lifecycle;
 mod orphans;
+mod plans;
 mod protocol_faults;
 mod restarts;
+mod scale;
 mod supervise_cli;

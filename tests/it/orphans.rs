@@ -64,17 +64,19 @@ async fn no_grandchild_survives_its_worker_crashing() {
 async fn no_worker_or_grandchild_survives_a_sigkill_of_the_supervisor() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("mnemosyne.toml");
-    let mut file = std::fs::File::create(&config_path).expect("config file");
-    writeln!(
-        file,
-        "[supervisor]\nheartbeat_interval = \"200ms\"\n[agents.executor]\nargs = [{:?}, \"--role\", \"executor\"]\n\
-         [agents.orchestrator]\ncount = 1\n[agents.optimizer]\ncount = 0\n[agents.reviewer]\ncount = 0\n",
-        fixture("misbehave.py")
-    )
-    .expect("write config");
+    let mut config = String::new();
+    for role in ["executor", "orchestrator", "optimizer", "reviewer"] {
+        config.push_str(&format!(
+            "[agents.{role}]\nargs = [{:?}, \"--role\", \"{role}\"]\nenv = {{ FIXTURE_SPAWN_GRANDCHILD = \"1\" }}\n",
+            fixture("instant_pipeline.py")
+        ));
+    }
+    std::fs::write(&config_path, config).expect("write config");
     let mut supervisor = Command::new(env!("CARGO_BIN_EXE_mnemosyne"))
         .args(["supervise", "--config"])
         .arg(&config_path)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .env(
             "MNEMOSYNE_CACHE_DIR",
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
@@ -85,17 +87,18 @@ async fn no_worker_or_grandchild_survives_a_sigkill_of_the_supervisor() {
         .spawn()
         .expect("supervisor starts");
     let mut stdin = supervisor.stdin.take().expect("stdin");
-    writeln!(
-        stdin,
-        r#"{{"role":"executor","method":"spawn_grandchild"}}"#
-    )
-    .expect("request written");
+    let plan =
+        r#"{"id":"spawner","prompt":"spawn","tech_stack":"sh","success_criteria":"a grandchild"}"#;
+    writeln!(stdin, "{plan}").expect("plan written");
     stdin.flush().expect("flushed");
     let mut stdout = BufReader::new(supervisor.stdout.take().expect("stdout"));
     let mut line = String::new();
     stdout.read_line(&mut line).expect("a result line");
     let result: serde_json::Value = serde_json::from_str(&line).expect("result is JSON");
-    let grandchild = result["result"]["pid"].as_u64().expect("grandchild pid") as u32;
+    let grandchild: u32 = result["output"]
+        .as_str()
+        .and_then(|pid| pid.parse().ok())
+        .expect("grandchild pid");
     let worker = parent_of(grandchild).expect("grandchild has a parent");
     let workers: Vec<u32> = children_of(supervisor.id());
     assert!(

@@ -1,118 +1,231 @@
-//! `mnemosyne supervise` end to end: requests on stdin, one result line each on stdout.
+//! The `mnemosyne supervise` binary end to end: plans on stdin, results on stdout, exit codes,
+//! and surviving its own SIGKILL through the journal.
 
-use std::process::{Command, Stdio};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
-use mnemosyne::cli::supervise::{RunOutcome, SuperviseArgs, run};
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
-#[tokio::test]
-async fn every_input_line_yields_exactly_one_result_line() {
-    let input = concat!(
-        r#"{"id":"a","role":"executor","method":"echo","params":{"n":1}}"#,
-        "\n",
-        "this is not json\n",
-        "\n",
-        r#"{"id":"b","role":"wizard","method":"echo"}"#,
-        "\n",
-        r#"{"id":"c","role":"executor","method":"no_such_method"}"#,
-        "\n",
-        r#"{"id":"d","role":"executor","method":"echo","params":{"n":4}}"#,
-        "\n",
-    );
-    let (output, mut read_back) = tokio::io::duplex(1 << 20);
-    let args = SuperviseArgs {
-        config: fast_config(),
-        options: options(),
-        interrupt: CancellationToken::new(),
-        kill_now: CancellationToken::new(),
-        cache_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-    };
-    let outcome = tokio::time::timeout(LIMIT, run(args, input.as_bytes(), output))
-        .await
-        .expect("finishes")
-        .expect("runs");
-    assert_eq!(outcome, RunOutcome::SomeFailed);
-    let mut text = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut read_back, &mut text)
-        .await
-        .expect("output readable");
-    let results: Vec<Value> = text
+fn plan(id: &str, prompt_suffix: &str) -> String {
+    json!({
+        "id": id,
+        "prompt": format!("Build a command line tool using Rust that must parse the following log format \
+                           because operators need to search all access logs within one second {prompt_suffix}"),
+        "tech_stack": "Rust",
+        "success_criteria": ["searches a 1 GB log in under a second"],
+    })
+    .to_string()
+}
+
+fn supervise(config: Option<&Path>, state_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mnemosyne"));
+    command.arg("supervise").arg("--state-dir").arg(state_dir);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .env(
+            "MNEMOSYNE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+        )
+        .env("RUST_LOG", "info,mnemosyne::plan::service=debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn results_of(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).expect("NDJSON"))
-        .collect();
-    assert_eq!(results.len(), 5, "{text}");
-    let by = |key: &str, value: &str| {
+        .map(|l| serde_json::from_str(l).expect("result lines are JSON"))
+        .collect()
+}
+
+#[test]
+fn the_binary_runs_plans_end_to_end_and_exits_zero() {
+    let state = tempfile::tempdir().expect("state dir");
+    let mut child = supervise(None, state.path())
+        .spawn()
+        .expect("binary starts");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{}", plan("one", "")).expect("write");
+        writeln!(stdin, "{}", plan("two", "")).expect("write");
+    }
+    let output = child.wait_with_output().expect("binary finishes");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("offline provider"),
+        "the offline provider announces itself: {stderr}"
+    );
+    let results = results_of(&output.stdout);
+    assert_eq!(results.len(), 2);
+    assert!(
         results
             .iter()
-            .find(|r| r[key] == value)
-            .unwrap_or_else(|| panic!("no result with {key}={value}: {text}"))
-    };
-    assert_eq!(by("id", "a")["status"], "succeeded");
-    assert_eq!(by("id", "a")["result"]["n"], 1);
-    assert_eq!(by("id", "d")["status"], "succeeded");
-    assert_eq!(by("id", "c")["status"], "failed");
-    assert_eq!(by("id", "c")["worker_error"]["code"], "method_not_found");
-    let rejected: Vec<&Value> = results
-        .iter()
-        .filter(|r| r["status"] == "rejected")
-        .collect();
-    assert_eq!(rejected.len(), 2);
-    assert_eq!(rejected[0]["line"], 2);
-    assert_eq!(rejected[1]["line"], 4);
-    assert!(
-        rejected[1]["error"]
-            .as_str()
-            .expect("error text")
-            .contains("wizard"),
-        "{}",
-        rejected[1]
+            .all(|r| r["status"] == "succeeded" && r["provider"] == "offline"),
+        "{results:#?}"
     );
 }
 
 #[test]
-fn the_binary_runs_requests_end_to_end_and_exits_zero() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mnemosyne"))
-        .arg("supervise")
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env(
-            "MNEMOSYNE_CACHE_DIR",
-            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+fn a_bad_config_exits_2_naming_the_key_and_line() {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = state.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[supervisor]\nheartbeat_interval = \"5 parsecs\"\n",
+    )
+    .expect("config");
+    let output = supervise(Some(&config), state.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml:2") && stderr.contains("heartbeat_interval"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_supervisor_sigkilled_mid_batch_and_started_again_gives_every_plan_exactly_once() {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = state.path().join("slow.toml");
+    // In the first run executors stall on plans marked SLOW (one each; the fifth serves the
+    // rest), so the kill lands while those are in flight and no result is being written.
+    std::fs::write(
+        &config,
+        format!(
+            "[agents.executor]\ncount = 5\nargs = [{:?}, \"--role\", \"executor\"]\n\
+             env = {{ FIXTURE_STALL_MARKER = \"SLOW\" }}\n",
+            fixture("stall_on_marker.py")
+        ),
+    )
+    .expect("config");
+    let ids: Vec<String> = (1..=8).map(|n| format!("batch-{n}")).collect();
+    let mut first = supervise(Some(&config), state.path())
         .spawn()
-        .expect("binary starts");
+        .expect("first run starts");
+    let stderr_lines = watch_stderr(&mut first);
     {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        for role in ["executor", "orchestrator", "optimizer", "reviewer"] {
-            writeln!(
-                stdin,
-                r#"{{"id":"{role}","role":"{role}","method":"echo","params":{{"role":"{role}"}}}}"#
-            )
-            .expect("write");
+        let mut stdin = first.stdin.take().expect("stdin");
+        for (n, id) in ids.iter().enumerate() {
+            writeln!(stdin, "{}", plan(id, if n % 2 == 0 { "" } else { "SLOW" })).expect("write");
+        }
+        // stdin stays open until the kill: the batch is "mid-way".
+        std::mem::forget(stdin);
+    }
+    let mut stdout = BufReader::new(first.stdout.take().expect("stdout"));
+    let mut first_results = Vec::new();
+    for _ in 0..4 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a result");
+        first_results.push(serde_json::from_str::<Value>(&line).expect("JSON"));
+    }
+    // Wait until those four are marked emitted in the journal, then kill.
+    wait_for_line(
+        &stderr_lines,
+        |line| line.contains("results marked emitted"),
+        4,
+    );
+    first.kill().expect("SIGKILL the supervisor");
+    first.wait().expect("reaped");
+
+    let second = supervise(None, state.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("second run");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let second_results = results_of(&second.stdout);
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for result in first_results.iter().chain(&second_results) {
+        *seen
+            .entry(result["id"].as_str().expect("id").to_owned())
+            .or_default() += 1;
+        assert_eq!(result["status"], "succeeded", "{result:#}");
+    }
+    for id in &ids {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "plan {id} appears exactly once across both runs: {seen:?}"
+        );
+    }
+    assert_eq!(second_results.len(), 4);
+    assert!(
+        second_results
+            .iter()
+            .all(|r| r["id"].as_str().is_some_and(|id| {
+                let n: usize = id.trim_start_matches("batch-").parse().expect("number");
+                n % 2 == 0
+            }))
+    );
+
+    // Submitting the whole batch again runs nothing: every result is a flagged replay.
+    let mut third = supervise(None, state.path()).spawn().expect("third run");
+    {
+        let mut stdin = third.stdin.take().expect("stdin");
+        for id in &ids {
+            writeln!(stdin, "{}", plan(id, "")).expect("write");
         }
     }
-    let output = child.wait_with_output().expect("binary finishes");
+    let third = third.wait_with_output().expect("third run finishes");
+    let third_results = results_of(&third.stdout);
+    assert_eq!(third_results.len(), ids.len());
     assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
+        third_results.iter().all(|r| r["replayed"] == true),
+        "{third_results:#?}"
     );
-    let stdout = String::from_utf8(output.stdout).expect("utf-8");
-    let results: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("NDJSON"))
-        .collect();
-    assert_eq!(results.len(), 4);
-    assert!(
-        results
-            .iter()
-            .all(|r| r["status"] == "succeeded" && r["result"]["role"] == r["id"]),
-        "{stdout}"
-    );
+}
+
+/// Forwards the child's stderr lines to a channel, so a test can wait for a log event.
+fn watch_stderr(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Waits until log lines matching `wanted` account for `count` (summing their `count=N`).
+fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    wanted: impl Fn(&str) -> bool,
+    count: usize,
+) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut total = 0;
+    while total < count {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(remaining)
+            .expect("the awaited log line arrives within the limit");
+        if wanted(&line) {
+            total += line
+                .split("count=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(1);
+        }
+    }
 }
