@@ -1,9 +1,12 @@
-"""Shared pytest fixtures: worker processes that are always killed when a test ends."""
+"""Shared pytest fixtures: worker processes that are always killed when a test ends, and the
+fake Anthropic API (`fake_anthropic`, from tests/fake_anthropic at the repository root)."""
 
 from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
+# Imported by name so that pytest registers the fixture for every test.
+from fake_anthropic.pytest_plugin import fake_anthropic  # noqa: F401
 from worker_harness import WorkerProcess, agent_argv
 
 

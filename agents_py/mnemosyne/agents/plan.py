@@ -133,6 +133,17 @@ def required_object(params: Mapping[str, Any], key: str, where: str = "") -> Map
     return _object(value, _join(where, key))
 
 
+def required_int(params: Mapping[str, Any], key: str, minimum: int, where: str = "") -> int:
+    """An integer that must be present and at least `minimum`."""
+    value = params.get(key)
+    field = _join(where, key)
+    if value is None:
+        raise ParamsError(f"{field} is required")
+    if not _is_int(value) or value < minimum:
+        raise ParamsError(f"{field} must be an integer of at least {minimum}, got {_render(value)}")
+    return value
+
+
 def required_string(params: Mapping[str, Any], key: str, where: str = "") -> str:
     """A string that must be present; unlike ids and prompts, it may be empty."""
     value = params.get(key)

@@ -7,12 +7,13 @@ the provider `offline` with no model, and the worker warns on stderr when it sta
 An answer summarises the prompt it was given: the first line of the last user message (an
 agent's headline, such as `# Task 'main' (attempt 1)`) and one line per `## ` section of it,
 so a reader can see what the agent asked. Usage counts are word counts, which are
-deterministic, not tokens.
+deterministic, not tokens. It never uses a tool: given tools, it still answers in text.
 """
 
 import asyncio
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from mnemosyne.providers.base import Completion, Message, Usage
 
@@ -48,7 +49,11 @@ class OfflineProvider:
         self.context_window = context_window
 
     async def complete(
-        self, system: str, messages: Sequence[Message], max_tokens: int
+        self,
+        system: str,
+        messages: Sequence[Message],
+        max_tokens: int,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -59,15 +64,15 @@ class OfflineProvider:
 
 
 def _complete(system: str, messages: list[Message], max_tokens: int) -> Completion:
-    last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    last_user = next((m.text for m in reversed(messages) if m.role == "user"), "")
     text = canned_answer(last_user)
     stop_reason = "end_turn"
     words = text.split()
     if len(words) > max_tokens:
         text = " ".join(words[:max_tokens])
         stop_reason = "max_tokens"
-    prompt_words = count_words(system) + sum(count_words(m.content) for m in messages)
-    return Completion(text, Usage(prompt_words, count_words(text)), stop_reason)
+    prompt_words = count_words(system) + sum(count_words(m.text) for m in messages)
+    return Completion.of_text(text, Usage(prompt_words, count_words(text)), stop_reason)
 
 
 def count_words(text: str) -> int:

@@ -3,6 +3,9 @@
 `choose_provider` only reads the name, so it is cheap enough to run before `hello` (which
 reports it). `create_provider` builds the provider after `hello` is on the wire, where a
 provider may import its SDK and any noise that makes lands on stderr.
+
+The supervisor resolves `auto` itself and passes a concrete name (`anthropic` or `offline`);
+a worker started by hand without one runs offline.
 """
 
 import sys
@@ -14,8 +17,9 @@ from mnemosyne.providers.base import Provider, ProviderConfigError
 
 PROVIDER_ENV = "MNEMOSYNE_PROVIDER"
 LATENCY_ENV = "MNEMOSYNE_OFFLINE_LATENCY_MS"
+ANTHROPIC = "anthropic"
 DEFAULT_PROVIDER = offline.NAME
-PROVIDERS = (offline.NAME, "anthropic")
+PROVIDERS = (offline.NAME, ANTHROPIC)
 
 
 def choose_provider(environ: Mapping[str, str]) -> str:
@@ -43,8 +47,11 @@ def create_provider(
         provider = offline.OfflineProvider(latency_s=_latency_ms(environ) / 1000)
         print(offline.WARNING, file=warnings or sys.stderr, flush=True)
         return provider
-    if name == "anthropic":
-        raise ProviderConfigError("the anthropic provider is not available in this build yet")
+    if name == ANTHROPIC:
+        # Imported here so that an offline worker never loads the module, let alone the SDK.
+        from mnemosyne.providers.anthropic import AnthropicProvider, AnthropicSettings
+
+        return AnthropicProvider(AnthropicSettings.from_env(environ))
     raise ProviderConfigError(
         f"unknown provider {name!r}; valid providers are: " + ", ".join(PROVIDERS)
     )

@@ -101,3 +101,26 @@ def test_latency_is_cancellable():
     started = time.monotonic()
     asyncio.run(cancel_early())
     assert time.monotonic() - started < 5
+
+
+def test_a_completion_is_one_text_block_from_no_model_even_when_tools_are_offered():
+    tools = [{"name": "read", "description": "reads", "input_schema": {"type": "object"}}]
+    completion = asyncio.run(
+        OfflineProvider().complete("", [Message("user", "## Prompt\nread it")], 100, tools)
+    )
+    assert completion.content == [{"type": "text", "text": completion.text}]
+    assert completion.tool_uses == []
+    assert completion.model is None
+
+
+def test_block_content_is_read_as_its_text():
+    messages = [
+        Message("user", [{"type": "text", "text": "## Prompt\nfrom a block"}]),
+        Message("assistant", [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]),
+        Message(
+            "user", [{"type": "tool_result", "tool_use_id": "t1", "content": "## Prompt\nresult"}]
+        ),
+    ]
+    completion = asyncio.run(OfflineProvider().complete("", messages, 100))
+    assert completion.text.endswith("- Prompt: result")
+    assert completion.usage.input_tokens == 8

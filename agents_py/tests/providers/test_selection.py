@@ -4,6 +4,7 @@ import io
 
 import pytest
 
+from mnemosyne.providers.anthropic import AnthropicProvider
 from mnemosyne.providers.base import ProviderConfigError
 from mnemosyne.providers.offline import WARNING, OfflineProvider
 from mnemosyne.providers.selection import choose_provider, create_provider
@@ -52,7 +53,32 @@ def test_a_bad_latency_is_a_configuration_error(value):
         create_provider("offline", {"MNEMOSYNE_OFFLINE_LATENCY_MS": value}, io.StringIO())
 
 
-def test_the_anthropic_provider_is_not_available_yet():
+def test_the_anthropic_provider_needs_a_key_and_says_how_to_configure_one():
     with pytest.raises(ProviderConfigError) as raised:
         create_provider("anthropic", {}, io.StringIO())
-    assert str(raised.value) == "the anthropic provider is not available in this build yet"
+    assert raised.value.code == "config"
+    assert str(raised.value) == (
+        "the anthropic provider needs an API key: set ANTHROPIC_API_KEY, or store it with "
+        "`mnemosyne secrets set anthropic_api_key`, or use --provider offline"
+    )
+
+
+def test_the_anthropic_provider_is_built_from_the_environment_without_warnings():
+    warnings = io.StringIO()
+    provider = create_provider(
+        "anthropic",
+        {"ANTHROPIC_API_KEY": "k", "MNEMOSYNE_MODEL": "claude-haiku-4-5"},
+        warnings,
+    )
+    assert isinstance(provider, AnthropicProvider)
+    assert (provider.name, provider.model) == ("anthropic", "claude-haiku-4-5")
+    assert warnings.getvalue() == ""
+
+
+def test_a_bad_anthropic_setting_is_a_configuration_error():
+    with pytest.raises(ProviderConfigError, match="MNEMOSYNE_REQUEST_TIMEOUT_S"):
+        create_provider(
+            "anthropic",
+            {"ANTHROPIC_API_KEY": "k", "MNEMOSYNE_REQUEST_TIMEOUT_S": "never"},
+            io.StringIO(),
+        )

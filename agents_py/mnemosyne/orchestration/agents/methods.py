@@ -3,11 +3,18 @@
 Each handler parses its params strictly (`mnemosyne.agents.plan`), calls the agent logic in
 `mnemosyne.agents`, and returns exactly the result fields the supervisor reads, no more, so a
 strict decoder on the other side accepts them. Bad params become `invalid_params` naming the
-field; provider failures become the protocol code the provider error carries.
+field; provider failures become the protocol code the provider error carries; a bad setting in
+the environment becomes `config`.
 
 Work whose cost grows with the input (validating a prompt of megabytes, ordering thousands of
-tasks) runs in a thread, so the event loop keeps answering pings meanwhile: a line may be
-16 MiB, and reading every word of that takes seconds.
+tasks) and file system work (skill discovery, reading produced files) runs in a thread, so the
+event loop keeps answering pings meanwhile: a line may be 16 MiB, and reading every word of
+that takes seconds.
+
+The environment is read when a request is handled, not when the worker starts:
+`MNEMOSYNE_WORKSPACE_ROOT` (where plans' workspaces live, for the executor and the reviewer),
+`MNEMOSYNE_MAX_TOOL_TURNS` (the executor's tool loop bound, default 16) and
+`MNEMOSYNE_SKILL_DIRS` (the optimizer's local skill directories).
 
 Methods by role, with their params and result fields:
 
@@ -15,6 +22,7 @@ Methods by role, with their params and result fields:
 - executor `execute` {plan, task, attempt, feedback, context}
   -> {output, artifacts, usage, provider, model}
 - orchestrator `orchestrate` {plan} -> {tasks, order}
+- orchestrator `track_context` {plan_id, used_tokens, window} -> {utilisation, events}
 - optimizer `optimize` {plan, task} -> {skills, allocation, context_window}
 - reviewer `review` {plan, task, execution, attempt}
   -> {passed, gates, issues, recommendations, confidence, usage, provider}
@@ -22,10 +30,12 @@ Methods by role, with their params and result fields:
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mnemosyne.agents import executor, optimizer, orchestrator, reviewer, validation
+from mnemosyne.agents.context_monitor import ContextMonitors
 from mnemosyne.agents.plan import (
     ParamsError,
     optional_object,
@@ -34,11 +44,16 @@ from mnemosyne.agents.plan import (
     parse_attempt,
     parse_plan,
     parse_task,
+    required_int,
     required_object,
     required_string,
 )
+from mnemosyne.agents.tools import Toolbox
+from mnemosyne.agents.workspace import Workspace
 from mnemosyne.providers.base import Provider, ProviderError
 from mnemosyne.runtime.worker import Methods, RequestContext, RequestError
+
+MAX_TOOL_TURNS_ENV = "MNEMOSYNE_MAX_TOOL_TURNS"
 
 
 @contextlib.contextmanager
@@ -66,8 +81,27 @@ def executor_methods(provider: Provider) -> Methods:
             task = parse_task(params.get("task"))
             attempt = parse_attempt(params)
             feedback = optional_strings(params, "feedback")
-            skills = _skill_paths(optional_object(params, "context"))
-            execution = await executor.execute(provider, plan, task, attempt, feedback, skills)
+            context = optional_object(params, "context")
+            chosen = _chosen_skills(context)
+            max_turns = _max_tool_turns(os.environ)
+            skills = await asyncio.to_thread(executor.load_skills, chosen, _skills_budget(context))
+            toolbox = Toolbox(Workspace.for_plan(plan.id, os.environ), os.environ)
+
+            async def on_turn(turn: int, tools: list[str]) -> None:
+                if ctx is not None:
+                    await ctx.progress(f"turn {turn}: {', '.join(tools)}")
+
+            execution = await executor.execute(
+                provider,
+                plan,
+                task,
+                attempt,
+                feedback,
+                skills,
+                toolbox=toolbox,
+                max_turns=max_turns,
+                on_turn=on_turn,
+            )
             return execution.to_wire()
 
     return {"validate_plan": validate_plan, "execute": execute}
@@ -81,7 +115,21 @@ def orchestrator_methods(provider: Provider) -> Methods:
             order = await asyncio.to_thread(orchestrator.execution_order, tasks)
             return {"tasks": [task.to_wire() for task in tasks], "order": order}
 
-    return {"orchestrate": orchestrate}
+    # Per worker: each plan's monitor lives as long as this worker does.
+    monitors = ContextMonitors()
+
+    async def track_context(params: Any, ctx: RequestContext) -> dict[str, Any]:
+        with protocol_errors():
+            params = params_object(params)
+            plan_id = required_string(params, "plan_id")
+            if not plan_id.strip():
+                raise ParamsError("plan_id must not be blank")
+            used_tokens = required_int(params, "used_tokens", 0)
+            window = required_int(params, "window", 1)
+            utilisation, events = monitors.observe(plan_id, used_tokens, window)
+            return {"utilisation": utilisation, "events": [e.to_wire() for e in events]}
+
+    return {"orchestrate": orchestrate, "track_context": track_context}
 
 
 def optimizer_methods(provider: Provider) -> Methods:
@@ -90,7 +138,11 @@ def optimizer_methods(provider: Provider) -> Methods:
             params = params_object(params)
             plan = parse_plan(params.get("plan"))
             task = parse_task(params.get("task"))
-            return optimizer.plan_context(plan, task, provider.context_window).to_wire()
+            skills = optimizer.SkillLibrary.from_environ(os.environ)
+            context = await asyncio.to_thread(
+                optimizer.plan_context, plan, task, provider.context_window, skills
+            )
+            return context.to_wire()
 
     return {"optimize": optimize}
 
@@ -103,25 +155,56 @@ def reviewer_methods(provider: Provider) -> Methods:
             task = parse_task(params.get("task"))
             execution = _execution_under_review(required_object(params, "execution"))
             attempt = parse_attempt(params)
+            if execution.file_paths():
+                workspace = Workspace.for_plan(plan.id, os.environ)
+                execution = await asyncio.to_thread(reviewer.load_files, execution, workspace)
             result = await reviewer.review(provider, plan, task, execution, attempt)
             return result.to_wire()
 
     return {"review": review}
 
 
-def _skill_paths(context: Mapping[str, Any]) -> list[str]:
-    """The paths of the skills the optimizer chose, from an `optimize` result."""
+def _chosen_skills(context: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """The (path, name) of each skill the optimizer chose, from an `optimize` result."""
     skills = context.get("skills")
     if skills is None:
         return []
     if not isinstance(skills, list):
         raise ParamsError("context.skills must be a list")
-    paths = []
+    chosen = []
     for n, skill in enumerate(skills):
         if not isinstance(skill, dict):
             raise ParamsError(f"context.skills[{n}] must be an object")
-        paths.append(required_string(skill, "path", f"context.skills[{n}]"))
-    return paths
+        path = required_string(skill, "path", f"context.skills[{n}]")
+        name = skill.get("name")
+        chosen.append((path, name if isinstance(name, str) and name.strip() else None))
+    return chosen
+
+
+def _skills_budget(context: Mapping[str, Any]) -> int | None:
+    """The optimizer's token budget for skills; None when the context has no allocation."""
+    allocation = context.get("allocation")
+    if not isinstance(allocation, dict):
+        return None
+    budget = allocation.get("skills")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+        return budget
+    return None
+
+
+def _max_tool_turns(environ: Mapping[str, str]) -> int:
+    raw = environ.get(MAX_TOOL_TURNS_ENV, "").strip()
+    if not raw:
+        return executor.DEFAULT_MAX_TOOL_TURNS
+    try:
+        turns = int(raw)
+    except ValueError:
+        turns = 0
+    if turns < 1:
+        raise RequestError(
+            "config", f"{MAX_TOOL_TURNS_ENV} must be a positive integer, got {raw!r}"
+        )
+    return turns
 
 
 def _execution_under_review(execution: Mapping[str, Any]) -> reviewer.ExecutionUnderReview:

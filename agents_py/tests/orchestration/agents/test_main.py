@@ -77,13 +77,16 @@ def test_the_offline_provider_is_the_default_and_warns_on_stderr_at_start(spawn)
     ) in worker.stderr_text()
 
 
-def test_the_anthropic_provider_is_a_fatal_configuration_error_for_now(spawn):
+def test_the_anthropic_provider_without_a_key_is_a_fatal_configuration_error(spawn):
     worker = spawn(agent_argv("executor"), env={"MNEMOSYNE_PROVIDER": "anthropic"})
     assert worker.expect("hello")["provider"] == "anthropic"
     assert worker.expect("fatal") == {
         "type": "fatal",
         "code": "config",
-        "message": "the anthropic provider is not available in this build yet",
+        "message": (
+            "the anthropic provider needs an API key: set ANTHROPIC_API_KEY, or store it with "
+            "`mnemosyne secrets set anthropic_api_key`, or use --provider offline"
+        ),
     }
     assert worker.wait() == 78
     assert worker.remaining_lines() == []

@@ -7,10 +7,29 @@ import asyncio
 
 import pytest
 
+from mnemosyne.agents.workspace import workspace_dir_name
 from mnemosyne.orchestration.agents.roles import ROLES
-from mnemosyne.providers.base import ProviderRefused, ProviderUnavailable, RateLimited
+from mnemosyne.providers.base import (
+    Completion,
+    ProviderRefused,
+    ProviderUnavailable,
+    RateLimited,
+    Usage,
+    text_block,
+)
 from mnemosyne.providers.offline import OfflineProvider
 from mnemosyne.runtime.worker import RequestError
+
+
+@pytest.fixture(autouse=True)
+def environment(tmp_path, monkeypatch):
+    """Workspaces and skills of this test only: none from the user's home or elsewhere."""
+    monkeypatch.setenv("MNEMOSYNE_WORKSPACE_ROOT", str(tmp_path / "workspaces"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MNEMOSYNE_SKILL_DIRS", raising=False)
+    monkeypatch.delenv("MNEMOSYNE_MAX_TOOL_TURNS", raising=False)
+    return tmp_path
+
 
 PLAN = {
     "id": "p1",
@@ -49,7 +68,7 @@ def test_each_role_serves_its_pipeline_methods():
     served = {role: set(factory(OfflineProvider())) for role, factory in ROLES.items()}
     assert served == {
         "executor": {"validate_plan", "execute"},
-        "orchestrator": {"orchestrate"},
+        "orchestrator": {"orchestrate", "track_context"},
         "optimizer": {"optimize"},
         "reviewer": {"review"},
     }
@@ -139,6 +158,7 @@ def test_review_of_an_empty_output_fails():
 
 GOOD_EXECUTE = {"plan": PLAN, "task": TASK, "attempt": 1, "feedback": [], "context": {}}
 GOOD_REVIEW = {"plan": PLAN, "task": TASK, "execution": EXECUTION, "attempt": 1}
+GOOD_TRACK = {"plan_id": "p1", "used_tokens": 10, "window": 100}
 
 
 @pytest.mark.parametrize(
@@ -203,6 +223,26 @@ GOOD_REVIEW = {"plan": PLAN, "task": TASK, "execution": EXECUTION, "attempt": 1}
             "execution.artifacts must be a list",
         ),
         ("reviewer", "review", {**GOOD_REVIEW, "attempt": -1}, "attempt must be an integer"),
+        ("orchestrator", "track_context", {**GOOD_TRACK, "plan_id": None}, "plan_id is required"),
+        ("orchestrator", "track_context", {**GOOD_TRACK, "plan_id": " "}, "plan_id must not be"),
+        (
+            "orchestrator",
+            "track_context",
+            {**GOOD_TRACK, "used_tokens": -1},
+            "used_tokens must be an integer of at least 0, got -1",
+        ),
+        (
+            "orchestrator",
+            "track_context",
+            {**GOOD_TRACK, "used_tokens": 1.5},
+            "used_tokens must be an integer of at least 0, got a number",
+        ),
+        (
+            "orchestrator",
+            "track_context",
+            {**GOOD_TRACK, "window": 0},
+            "window must be an integer of at least 1, got 0",
+        ),
     ],
 )
 def test_bad_params_are_invalid_params_naming_the_field(role, method, params, message):
@@ -220,7 +260,7 @@ class FailingProvider:
     def __init__(self, error):
         self.error = error
 
-    async def complete(self, system, messages, max_tokens):
+    async def complete(self, system, messages, max_tokens, tools=None):
         raise self.error
 
 
@@ -297,3 +337,110 @@ def test_work_that_grows_with_the_input_leaves_the_event_loop_free(role, method,
     handler = ROLES[role](OfflineProvider())[method]
     turns = asyncio.run(_loop_turns_during(handler(params, None)))
     assert turns > 1
+
+
+# -- tools, workspaces, skills and context tracking --------------------------------------------
+
+
+class ScriptedProvider:
+    """Answers with the next of a list of content-block lists; the last one repeats."""
+
+    name = "scripted"
+    model = "script-1"
+    context_window = 10_000
+
+    def __init__(self, *turns):
+        self.turns = list(turns)
+        self.calls = []
+
+    async def complete(self, system, messages, max_tokens, tools=None):
+        self.calls.append(list(messages))
+        content = self.turns.pop(0) if len(self.turns) > 1 else self.turns[0]
+        text = "".join(b["text"] for b in content if b["type"] == "text")
+        return Completion(text, content, Usage(5, 1), "end_turn", None)
+
+
+def tool_use(id, name, **tool_input):
+    return {"type": "tool_use", "id": id, "name": name, "input": tool_input}
+
+
+def test_execute_works_in_the_plans_workspace_and_the_review_reads_what_it_wrote(environment):
+    provider = ScriptedProvider(
+        [tool_use("1", "create_file", path="app.py", content="def f():\n    pass  # TODO\n")],
+        [tool_use("2", "run_command", command="python3 test_app.py")],
+        [text_block("Wrote app.py.")],
+    )
+    execution = call("executor", "execute", GOOD_EXECUTE, provider)
+    workspace = environment / "workspaces" / workspace_dir_name(PLAN["id"])
+    assert (workspace / "app.py").is_file()
+    assert execution["output"] == "Wrote app.py."
+    assert execution["artifacts"][0] == {"kind": "file", "path": "app.py"}
+    assert execution["artifacts"][1] == {
+        "kind": "command",
+        "command": "python3 test_app.py",
+        "exit_code": 2,  # no such file
+        "timed_out": False,
+    }
+    assert execution["usage"] == {"input_tokens": 15, "output_tokens": 3}
+
+    review = call("reviewer", "review", {**GOOD_REVIEW, "execution": execution})
+    assert review["passed"] is False
+    assert review["gates"]["no_anti_patterns"] is False
+    assert "app.py:2 contains a TODO/FIXME/XXX marker" in review["issues"]
+    assert review["gates"]["tests_passing"] is False
+
+
+def test_execute_refuses_a_bad_tool_turn_limit_as_a_config_error(monkeypatch):
+    monkeypatch.setenv("MNEMOSYNE_MAX_TOOL_TURNS", "lots")
+    error = error_of("executor", "execute", GOOD_EXECUTE)
+    assert error.code == "config" and "MNEMOSYNE_MAX_TOOL_TURNS" in error.message
+
+
+def test_execute_stops_at_the_configured_tool_turn_limit(monkeypatch):
+    monkeypatch.setenv("MNEMOSYNE_MAX_TOOL_TURNS", "2")
+    provider = ScriptedProvider([tool_use("1", "list_directory")])
+    execution = call("executor", "execute", GOOD_EXECUTE, provider)
+    assert len(provider.calls) == 2
+    assert execution["artifacts"][-1]["reason"] == "tool_turn_limit"
+
+
+def test_optimize_chooses_skills_from_the_configured_dirs_and_execute_reads_them(
+    environment, monkeypatch
+):
+    skills = environment / "skills"
+    skills.mkdir()
+    (skills / "go-http.md").write_text("# Go HTTP\n\nUse net/http for URL redirects.\n")
+    (skills / "baking.md").write_text("# Baking\n\nPreheat the oven.\n")
+    monkeypatch.setenv("MNEMOSYNE_SKILL_DIRS", str(skills))
+    context = call("optimizer", "optimize", {"plan": PLAN, "task": TASK})
+    [chosen] = context["skills"]
+    assert chosen["path"] == str(skills / "go-http.md")
+    assert chosen["name"] == "Go HTTP" and chosen["local"] is True
+    assert set(chosen) == {"path", "name", "score", "local", "tokens"}
+
+    provider = ScriptedProvider([text_block("ok")])
+    call("executor", "execute", {**GOOD_EXECUTE, "context": context}, provider)
+    [[prompt]] = provider.calls
+    assert "### Go HTTP (" in prompt.content and "Use net/http" in prompt.content
+
+
+def test_track_context_fires_each_level_once_per_upward_crossing():
+    handler = ROLES["orchestrator"](OfflineProvider())["track_context"]
+
+    def track(plan_id, used):
+        params = {"plan_id": plan_id, "used_tokens": used, "window": 1000}
+        return asyncio.run(handler(params, None))
+
+    assert track("p", 500) == {"utilisation": 0.5, "events": []}
+    assert track("p", 800) == {
+        "utilisation": 0.8,
+        "events": [{"level": "preserve", "utilisation": 0.8}],
+    }
+    assert track("p", 800)["events"] == []
+    assert track("p", 950)["events"] == [{"level": "critical", "utilisation": 0.95}]
+    assert track("other", 950)["events"] == [
+        {"level": "preserve", "utilisation": 0.95},
+        {"level": "critical", "utilisation": 0.95},
+    ]
+    assert track("p", 600)["events"] == []
+    assert track("p", 800)["events"] == [{"level": "preserve", "utilisation": 0.8}]
