@@ -34,6 +34,13 @@
 //! permanent stop), stay stopped by policy, or fail on a configuration problem. Every death
 //! publishes a crash report event with the exit status, cause, stderr tail and next retry.
 //!
+//! **Control.** `mnemosyne supervise` serves a Unix socket, `control.sock` in the state
+//! directory ([`control`], protocol in `protocol/control/README.md`). Each client connection
+//! is its own task that reads the agent table through the agent handles, sends operator
+//! commands (`start`, `stop`, `restart`) to the actors, and relays the event stream and
+//! stderr tails; a client that reads too slowly misses events (and is told so) instead of
+//! slowing anything down.
+//!
 //! **Shutdown.** `main` owns the cancellation tokens. The first SIGINT/SIGTERM cancels the
 //! shutdown token: every actor, in parallel, sends `shutdown`, waits `stop_grace`, closes
 //! stdin, SIGTERMs the group, waits `term_grace`, SIGKILLs the group and reaps. A second signal
@@ -43,6 +50,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod plan;
 pub mod process;
 pub mod protocol;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mnemosyne::cli::{self, supervise::RunOutcome};
-use mnemosyne::config::{Config, ConfigError};
+use mnemosyne::config::{Config, ConfigError, ProviderChoice};
+use mnemosyne::control::Verb;
 use mnemosyne::plan::statedir::default_state_dir;
 use mnemosyne::process::{WARDEN_SUBCOMMAND, run_warden};
 use mnemosyne::supervisor::SupervisorOptions;
@@ -45,9 +46,157 @@ enum Command {
         /// Keep running after stdin ends, until SIGINT/SIGTERM.
         #[arg(long)]
         keep_running: bool,
+        /// The model provider: auto (anthropic when ANTHROPIC_API_KEY is set, else offline),
+        /// anthropic, or offline. Default: the config's [provider] name, else auto.
+        #[arg(long, value_name = "NAME")]
+        provider: Option<ProviderChoice>,
+    },
+    /// Show the agents of a running supervisor, with their state and health.
+    ///
+    /// One row per agent: state, health, pid, restarts, uptime, requests in flight, last exit,
+    /// and why an agent is backing off, cooling down, stopped or failed (with its next retry).
+    ///
+    /// Health: healthy (ready or busy, no restart in the last 5 minutes), degraded (ready or
+    /// busy but restarted within 5 minutes, or starting, or in backoff), unhealthy (cooldown,
+    /// failed, stopping), stopped (by an operator or by its restart policy).
+    ///
+    /// Examples:
+    ///   mnemosyne agents
+    ///   mnemosyne agents --json | jq '.agents[] | select(.health != "healthy")'
+    ///   mnemosyne agents --state-dir /srv/mnemosyne
+    #[command(verbatim_doc_comment)]
+    Agents {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Print {"agents": [...]} as one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the worker of an agent, or of every agent of a role.
+    ///
+    /// Graceful by default: in-flight requests finish (or are redelivered). Also brings an
+    /// agent out of failed, cooldown, backoff or stopped, with a clean restart history.
+    /// Returns when the agents are ready again, or fails (exit 1) saying where they went and
+    /// why.
+    ///
+    /// Examples:
+    ///   mnemosyne restart executor-1
+    ///   mnemosyne restart reviewer            # every reviewer
+    ///   mnemosyne restart executor-2 --now    # kill at once, redeliver its work
+    #[command(verbatim_doc_comment)]
+    Restart {
+        /// An agent id (executor-1) or a role (executor: all its agents).
+        target: String,
+        /// Kill the worker at once and redeliver its requests instead of letting them finish.
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        wait: NoWaitArg,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Stop an agent, or every agent of a role, until `mnemosyne start`.
+    ///
+    /// It stays stopped, whatever its restart policy, until `mnemosyne start` (or restart).
+    /// In-flight requests finish or are redelivered to a sibling. Returns once stopped.
+    ///
+    /// Examples:
+    ///   mnemosyne stop reviewer-1
+    ///   mnemosyne stop optimizer --no-wait
+    #[command(verbatim_doc_comment)]
+    Stop {
+        /// An agent id (reviewer-1) or a role (reviewer: all its agents).
+        target: String,
+        #[command(flatten)]
+        wait: NoWaitArg,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Start a stopped, failed or cooling-down agent, or every agent of a role.
+    ///
+    /// The agent gets a clean restart history. Returns when it is ready, or fails (exit 1)
+    /// saying where it went and why.
+    ///
+    /// Examples:
+    ///   mnemosyne start reviewer-1
+    ///   mnemosyne start executor --no-wait
+    #[command(verbatim_doc_comment)]
+    Start {
+        /// An agent id (reviewer-1) or a role (reviewer: all its agents).
+        target: String,
+        #[command(flatten)]
+        wait: NoWaitArg,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Print the event stream of a running supervisor.
+    ///
+    /// State changes with reasons, crash reports, quarantined requests; each event has a
+    /// strictly increasing seq. Without --follow, prints the kept history (the last 1024
+    /// events) and exits. A reader that falls behind is told how many events it missed
+    /// ({"event":"missed","count":N}).
+    ///
+    /// Examples:
+    ///   mnemosyne events
+    ///   mnemosyne events --follow
+    ///   mnemosyne events --follow --json | jq 'select(.event == "worker_exited")'
+    #[command(verbatim_doc_comment)]
+    Events {
+        /// Keep printing new events until interrupted or the supervisor stops.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print each event as its JSON line instead of one line for people.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Print the captured stderr of an agent's workers.
+    ///
+    /// The tail spans restarts: each worker's output begins with
+    /// "--- worker started (pid N) ---".
+    ///
+    /// Examples:
+    ///   mnemosyne logs executor-1
+    ///   mnemosyne logs executor-1 -n 200
+    ///   mnemosyne logs reviewer-2 --follow
+    #[command(verbatim_doc_comment)]
+    Logs {
+        /// An agent id, such as executor-1.
+        agent: String,
+        /// How many of the last lines to print (the supervisor keeps 200 per agent).
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = mnemosyne::control::DEFAULT_LOG_LINES)]
+        lines: usize,
+        /// Keep printing new lines until interrupted or the supervisor stops.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        state: StateDirArg,
     },
     #[command(name = WARDEN_SUBCOMMAND, hide = true)]
     Warden,
+}
+
+/// Where to find the running supervisor's control socket.
+#[derive(clap::Args)]
+struct StateDirArg {
+    /// The state directory of the supervisor to talk to. Default: $MNEMOSYNE_STATE_DIR, else
+    /// $XDG_STATE_HOME/mnemosyne, else ~/.local/state/mnemosyne.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    fn resolve(self) -> PathBuf {
+        self.state_dir.unwrap_or_else(default_state_dir)
+    }
+}
+
+#[derive(clap::Args)]
+struct NoWaitArg {
+    /// Return as soon as the command is handed over, without waiting for the outcome.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// Exit codes: 0 everything succeeded, 1 some work failed, 2 usage or configuration error,
@@ -79,13 +228,23 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
-    match runtime.block_on(run(args.command)) {
+    let outcome = runtime.block_on(run(args.command));
+    // Everything is stopped by now; only a blocked read of stdin may remain, and waiting for it
+    // would keep the process alive as long as whoever holds the other end of the pipe.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
         Ok(RunOutcome::AllSucceeded) => ExitCode::SUCCESS,
         Ok(RunOutcome::SomeFailed) => ExitCode::from(1),
         Ok(RunOutcome::Interrupted) => ExitCode::from(130),
         Err(error) => {
             eprintln!("mnemosyne: {error:#}");
-            if error.downcast_ref::<ConfigError>().is_some() {
+            let usage = error
+                .downcast_ref::<mnemosyne::control::ClientError>()
+                .is_some_and(mnemosyne::control::ClientError::is_usage);
+            let usage = usage
+                || error.downcast_ref::<ConfigError>().is_some()
+                || error.downcast_ref::<cli::supervise::UsageError>().is_some();
+            if usage {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -100,6 +259,7 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
             config,
             state_dir,
             keep_running,
+            provider,
         } => {
             let cwd = std::env::current_dir()?;
             let (config, _) = Config::discover(config.as_deref(), &cwd)?;
@@ -110,6 +270,8 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
             tokio::spawn(forward_signals(interrupt.clone(), kill_now.clone()));
             let args = cli::supervise::SuperviseArgs {
                 config,
+                provider,
+                anthropic: cli::supervise::AnthropicAccess::from_env(),
                 options,
                 state_dir: state_dir.unwrap_or_else(default_state_dir),
                 keep_running,
@@ -118,8 +280,54 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
             };
             cli::supervise::run(args, tokio::io::stdin(), tokio::io::stdout()).await
         }
+        Command::Agents { state, json } => {
+            cli::agents::run(&state.resolve(), json, &mut std::io::stdout()).await
+        }
+        Command::Restart {
+            target,
+            now,
+            wait,
+            state,
+        } => {
+            let verb = Verb::Restart { now };
+            control(verb, &target, wait, state).await
+        }
+        Command::Stop {
+            target,
+            wait,
+            state,
+        } => control(Verb::Stop, &target, wait, state).await,
+        Command::Start {
+            target,
+            wait,
+            state,
+        } => control(Verb::Start, &target, wait, state).await,
+        Command::Events {
+            follow,
+            json,
+            state,
+        } => cli::events::run(&state.resolve(), follow, json, &mut std::io::stdout()).await,
+        Command::Logs {
+            agent,
+            lines,
+            follow,
+            state,
+        } => {
+            let out = &mut std::io::stdout();
+            cli::logs::run(&state.resolve(), &agent, lines, follow, out).await
+        }
         Command::Warden => unreachable!("handled before the runtime starts"),
     }
+}
+
+async fn control(
+    verb: Verb,
+    target: &str,
+    wait: NoWaitArg,
+    state: StateDirArg,
+) -> anyhow::Result<RunOutcome> {
+    let out = &mut std::io::stdout();
+    cli::control_verbs::run(&state.resolve(), verb, target, !wait.no_wait, out).await
 }
 
 /// First SIGINT/SIGTERM: stop gracefully. Second: kill at once.

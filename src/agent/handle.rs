@@ -1,8 +1,9 @@
 //! The cloneable handle through which the supervisor and control clients drive one agent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::state::{AgentStatus, StateName};
 use crate::config::Role;
@@ -64,6 +65,11 @@ impl AgentHandle {
     /// The stderr tail of this agent's workers, across restarts.
     pub fn stderr_tail(&self, lines: usize) -> Vec<String> {
         self.tail.last(lines)
+    }
+
+    /// The stderr tail and a subscription to every line written after it (`logs --follow`).
+    pub fn stderr_follow(&self, lines: usize) -> (Vec<String>, broadcast::Receiver<Arc<str>>) {
+        self.tail.last_and_follow(lines)
     }
 
     pub async fn stop(&self) -> Result<(), AgentCommandError> {

@@ -1,6 +1,11 @@
 //! The command line: one module per verb.
 
+pub mod agents;
+pub mod control_verbs;
+pub mod events;
+pub mod logs;
 mod paths;
+mod stdout;
 pub mod supervise;
 
 pub use paths::cache_dir;

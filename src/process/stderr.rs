@@ -1,10 +1,12 @@
 //! Worker stderr: always drained (an unread pipe would block the worker), re-emitted through
-//! `tracing` under the agent's span, and kept as a bounded tail for crash reports.
+//! `tracing` under the agent's span, and kept as a bounded tail for crash reports and
+//! `mnemosyne logs`, with a broadcast of new lines for `mnemosyne logs --follow`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::broadcast;
 
 /// Lines of stderr kept per agent, across its restarts.
 pub const STDERR_TAIL_LINES: usize = 200;
@@ -12,11 +14,25 @@ pub const STDERR_TAIL_LINES: usize = 200;
 /// A stderr line longer than this is cut into pieces, so one runaway line cannot grow memory.
 const STDERR_MAX_LINE_BYTES: usize = 16 * 1024;
 
+/// How far a `logs --follow` reader may fall behind before it misses lines (it is told how
+/// many). Sending never waits for readers, so a slow reader cannot stall a worker's drain.
+const FOLLOW_CAPACITY: usize = 256;
+
 /// The last lines an agent's workers wrote to stderr. Shared between the drain task of the
 /// current worker and the agent, which reads it when a worker dies.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LogTail {
     lines: Arc<Mutex<VecDeque<String>>>,
+    live: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for LogTail {
+    fn default() -> Self {
+        Self {
+            lines: Arc::default(),
+            live: broadcast::channel(FOLLOW_CAPACITY).0,
+        }
+    }
 }
 
 impl LogTail {
@@ -24,6 +40,10 @@ impl LogTail {
         let mut lines = self.lines.lock().expect("log tail lock is never poisoned");
         if lines.len() == STDERR_TAIL_LINES {
             lines.pop_front();
+        }
+        // Sent under the lock, so a reader of `last_and_follow` sees every line exactly once.
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::from(line.as_str()));
         }
         lines.push_back(line);
     }
@@ -41,6 +61,17 @@ impl LogTail {
             .skip(lines.len().saturating_sub(n))
             .cloned()
             .collect()
+    }
+
+    /// The last `n` lines and a subscription to every line pushed after them.
+    pub fn last_and_follow(&self, n: usize) -> (Vec<String>, broadcast::Receiver<Arc<str>>) {
+        let lines = self.lines.lock().expect("log tail lock is never poisoned");
+        let tail = lines
+            .iter()
+            .skip(lines.len().saturating_sub(n))
+            .cloned()
+            .collect();
+        (tail, self.live.subscribe())
     }
 }
 
@@ -107,5 +138,19 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0].len(), STDERR_MAX_LINE_BYTES);
         assert_eq!(lines[3], "Traceback without newline");
+    }
+
+    #[test]
+    fn a_follower_gets_the_tail_then_every_new_line_once() {
+        let tail = LogTail::default();
+        tail.push("before".into());
+        let (past, mut live) = tail.last_and_follow(10);
+        tail.push("after".into());
+        assert_eq!(past, vec!["before".to_owned()]);
+        assert_eq!(
+            &*live.try_recv().expect("the new line is broadcast"),
+            "after"
+        );
+        assert!(live.try_recv().is_err(), "nothing else was sent");
     }
 }

@@ -1,0 +1,21 @@
+//! Control of a running supervisor from another terminal: the `control.sock` server that runs
+//! inside `mnemosyne supervise`, its client, the versioned NDJSON protocol between them
+//! (`protocol/control/`), and agent health.
+
+mod client;
+#[cfg(test)]
+mod conformance;
+mod health;
+mod protocol;
+mod server;
+mod socket;
+
+pub use client::{Client, ClientError, ControlAnswer, Stream, StreamItem};
+pub use health::{Health, RECENT_RESTART, health};
+pub use protocol::{
+    AgentOutcome, AgentRow, CONTROL_PROTOCOL_VERSION, DEFAULT_LOG_LINES, ErrorCode, ExitCodeRecord,
+    ExitRecord, Request, RequestError, Response, ResponseError, Verb, decode_request,
+    decode_response, encode_line,
+};
+pub use server::{ControlServer, ControlSocket};
+pub use socket::{ControlError, SOCKET_FILE, socket_path};
