@@ -46,6 +46,7 @@ pub const MIN_LINE_BYTES: usize = 1024;
 pub struct Config {
     pub supervisor: SupervisorConfig,
     pub plans: PlansConfig,
+    pub provider: ProviderConfig,
     pub agents: BTreeMap<Role, AgentConfig>,
 }
 
@@ -54,6 +55,7 @@ impl Default for Config {
         Self {
             supervisor: SupervisorConfig::default(),
             plans: PlansConfig::default(),
+            provider: ProviderConfig::default(),
             agents: Role::ALL
                 .into_iter()
                 .map(|role| (role, AgentConfig::default()))
@@ -166,6 +168,53 @@ impl Default for PlansConfig {
     }
 }
 
+/// Which model provider the agents use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    /// Anthropic when a key is configured, otherwise offline (with a warning).
+    #[default]
+    Auto,
+    Anthropic,
+    Offline,
+}
+
+impl std::str::FromStr for ProviderChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "anthropic" => Ok(Self::Anthropic),
+            "offline" => Ok(Self::Offline),
+            other => Err(format!(
+                "unknown provider {other:?}, expected auto, anthropic or offline"
+            )),
+        }
+    }
+}
+
+/// The `[provider]` table: the model the agents call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: ProviderChoice,
+    /// The Claude model id the anthropic provider asks for.
+    pub model: String,
+    /// The answer length limit of one model call.
+    pub max_tokens: u32,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            name: ProviderChoice::Auto,
+            model: "claude-sonnet-5-5".into(),
+            max_tokens: 4096,
+        }
+    }
+}
+
 /// Upper bound on `plans.max_in_flight`.
 pub const MAX_PLANS_IN_FLIGHT: usize = 100_000;
 
@@ -179,6 +228,17 @@ fn plans_problem(plans: &PlansConfig) -> Option<Problem> {
     }
     if plans.journal_retain < 1 {
         return problem("journal_retain", "must be at least 1");
+    }
+    None
+}
+
+fn provider_problem(provider: &ProviderConfig) -> Option<Problem> {
+    let problem = |name: &str, message: &str| Some(Problem::new(&["provider", name], message));
+    if provider.model.trim().is_empty() {
+        return problem("model", "must not be empty");
+    }
+    if provider.max_tokens < 1 {
+        return problem("max_tokens", "must be at least 1");
     }
     None
 }
@@ -464,6 +524,7 @@ impl Config {
     fn first_problem(&self) -> Option<Problem> {
         supervisor_problem(&self.supervisor)
             .or_else(|| plans_problem(&self.plans))
+            .or_else(|| provider_problem(&self.provider))
             .or_else(|| {
                 self.agents
                     .iter()
@@ -841,6 +902,9 @@ mod tests {
             "provider_retries",
             "provider_retry_base",
             "journal_retain",
+            "name",
+            "model",
+            "max_tokens",
         ];
         for key in keys {
             assert!(

@@ -470,6 +470,15 @@ impl AgentActor {
                         };
                         self.redeliver(held.job, Some(failure));
                     }
+                    Outcome::Error(error)
+                        if matches!(self.state, AgentState::Stopping { .. })
+                            && [error_codes::CANCELLED, error_codes::SHUTTING_DOWN]
+                                .contains(&error.code.as_str()) =>
+                    {
+                        // The worker gave the job up because it is being stopped, not because
+                        // the job failed: a sibling or the next worker takes it.
+                        self.redeliver(held.job, None);
+                    }
                     Outcome::Error(error) => held.job.finish(Err(JobError::Worker(error))),
                 }
                 // While stopping, the state already says what happens next.

@@ -49,6 +49,7 @@ pub struct ServiceSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOutcome {
     pub all_succeeded: bool,
+    /// Stopped by a signal with work unfinished (input unread or plans still running).
     pub interrupted: bool,
 }
 
@@ -175,6 +176,8 @@ pub async fn serve(
         }
     }
 
+    // Interrupted with input left unread: the run was cut short whatever happens next.
+    let mut cut_short = interrupted;
     if !interrupted && settings.keep_running {
         tracing::info!("input ended; keeping the supervisor running until interrupted");
         interrupt.cancelled().await;
@@ -187,8 +190,9 @@ pub async fn serve(
             () = runs.wait() => {}
             () = tokio::time::sleep(settings.drain_grace) => {
                 tracing::warn!("grace over; unfinished plans stay in the journal for the next run");
+                cut_short = true;
             }
-            () = kill_now.cancelled() => {}
+            () = kill_now.cancelled() => cut_short = true,
         }
         // Runs still waiting for a worker end as interrupted once the agents stop.
         runner.stop_agents().await;
@@ -200,7 +204,7 @@ pub async fn serve(
     let _ = writer.await;
     ServeOutcome {
         all_succeeded: all_succeeded.load(Ordering::SeqCst),
-        interrupted,
+        interrupted: cut_short,
     }
 }
 

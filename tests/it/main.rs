@@ -1,6 +1,9 @@
 //! Integration tests: real `python3` workers under a real supervisor.
 
+mod anthropic;
 mod common;
+mod control;
+mod fake_api;
 mod hangs;
 mod lifecycle;
 mod orphans;

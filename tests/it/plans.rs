@@ -48,6 +48,8 @@ async fn supervise(config: Config, state_dir: &Path, input: String) -> (RunOutco
         text
     });
     let args = SuperviseArgs {
+        provider: None,
+        anthropic: Default::default(),
         config,
         options: options(),
         state_dir: state_dir.to_owned(),
@@ -369,6 +371,8 @@ async fn a_second_supervisor_on_the_same_state_directory_is_refused_naming_the_h
     let state = tempfile::tempdir().expect("state dir");
     let _held = mnemosyne::plan::statedir::StateDir::lock(state.path()).expect("first lock");
     let args = SuperviseArgs {
+        provider: None,
+        anthropic: Default::default(),
         config: pipeline_config(),
         options: options(),
         state_dir: state.path().to_owned(),

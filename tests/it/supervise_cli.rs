@@ -229,3 +229,122 @@ fn wait_for_line(
         }
     }
 }
+
+#[test]
+fn sigterm_stops_reading_journals_unfinished_plans_and_the_next_run_finishes_them() {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = state.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[supervisor]\nstop_grace = \"500ms\"\n[agents.executor]\ncount = 3\nargs = [{:?}, \"--role\", \"executor\"]\n\
+             env = {{ FIXTURE_STALL_MARKER = \"SLOW\" }}\n",
+            fixture("stall_on_marker.py")
+        ),
+    )
+    .expect("config");
+    let mut first = supervise(Some(&config), state.path())
+        .spawn()
+        .expect("first run starts");
+    let stderr_lines = watch_stderr(&mut first);
+    let mut stdin = first.stdin.take().expect("stdin");
+    for (id, suffix) in [("fast-1", ""), ("slow-1", "SLOW"), ("slow-2", "SLOW")] {
+        writeln!(stdin, "{}", plan(id, suffix)).expect("write");
+    }
+    stdin.flush().expect("flush");
+    let mut stdout = BufReader::new(first.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the fast plan's result");
+    assert!(line.contains("\"fast-1\""), "{line}");
+    // Both slow plans are being executed (and so journalled) before the signal.
+    wait_for_line(&stderr_lines, |line| line.contains("stalling on marker"), 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = first.wait().expect("first run exits");
+    assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("rest of stdout");
+    assert!(
+        rest.trim().is_empty(),
+        "unfinished plans print nothing: {rest}"
+    );
+    drop(stdin);
+
+    let second = supervise(None, state.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("second run");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let mut ids: Vec<String> = results_of(&second.stdout)
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["slow-1", "slow-2"]);
+}
+
+#[test]
+fn keep_running_serves_after_stdin_ends_and_a_signal_then_exits_cleanly() {
+    let state = tempfile::tempdir().expect("state dir");
+    let mut child = supervise(None, state.path())
+        .arg("--keep-running")
+        .spawn()
+        .expect("starts");
+    let stderr_lines = watch_stderr(&mut child);
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{}", plan("kept", "")).expect("write");
+    }
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("a result");
+    assert!(line.contains("\"succeeded\""), "{line}");
+    wait_for_line(
+        &stderr_lines,
+        |line| line.contains("keeping the supervisor running"),
+        1,
+    );
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "still running after stdin ended"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = child.wait().expect("exits");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "nothing was cut short, and every plan succeeded"
+    );
+}
+
+#[test]
+fn the_anthropic_provider_without_a_key_is_refused_before_any_worker_starts() {
+    let state = tempfile::tempdir().expect("state dir");
+    let output = supervise(None, state.path())
+        .args(["--provider", "anthropic"])
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs an API key") && stderr.contains("ANTHROPIC_API_KEY"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("worker said hello"),
+        "no worker was started: {stderr}"
+    );
+}

@@ -1,0 +1,216 @@
+//! `supervise --provider anthropic` end to end: real workers with the official SDK, talking
+//! to the fake Messages API on loopback.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mnemosyne::cli::supervise::{AnthropicAccess, RunOutcome, SuperviseArgs, run};
+use mnemosyne::config::{Config, ProviderChoice, Role};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+use crate::fake_api::FakeApi;
+use crate::plans::pipeline_config;
+
+const KEY: &str = "sk-ant-test-key-for-the-fake-api";
+/// Only the reviewer's requests contain this, so scripted verdicts reach the reviewer alone.
+const REVIEWER: &str = "You are the reviewer agent of Mnemosyne";
+
+fn plan(id: &str, max_review_attempts: u32) -> Value {
+    json!({
+        "id": id,
+        "prompt": format!("Build a command line tool using Rust that must parse the following log format \
+                           because operators need to search all access logs within one second ({id})"),
+        "tech_stack": "Rust",
+        "success_criteria": "searches a 1 GB log in under a second",
+        "options": {"max_review_attempts": max_review_attempts},
+    })
+}
+
+fn config() -> Config {
+    let mut config = pipeline_config();
+    // Importing the SDK takes seconds; the start timeout must leave room for it.
+    config.supervisor.start_timeout = Duration::from_secs(60);
+    config.plans.provider_retry_base = Duration::from_millis(10);
+    for role in Role::ALL {
+        let agent = config.agents.get_mut(&role).expect("role");
+        // The runner, not the SDK, retries here, so the test can count what reached the API.
+        agent
+            .env
+            .insert("MNEMOSYNE_SDK_MAX_RETRIES".into(), "0".into());
+    }
+    config
+}
+
+async fn supervise(api: &FakeApi, state_dir: &Path, plans: &[Value]) -> (RunOutcome, Vec<Value>) {
+    let input: String = plans.iter().map(|plan| plan.to_string() + "\n").collect();
+    let (output, mut read_back) = tokio::io::duplex(1 << 20);
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        read_back
+            .read_to_string(&mut text)
+            .await
+            .expect("output is UTF-8");
+        text
+    });
+    let args = SuperviseArgs {
+        config: config(),
+        provider: Some(ProviderChoice::Anthropic),
+        anthropic: AnthropicAccess {
+            api_key: Some(SecretString::from(KEY)),
+            base_url: Some(api.url.clone()),
+        },
+        options: options(),
+        state_dir: state_dir.to_owned(),
+        keep_running: false,
+        interrupt: CancellationToken::new(),
+        kill_now: CancellationToken::new(),
+    };
+    let outcome = tokio::time::timeout(
+        LIMIT * 6,
+        run(args, std::io::Cursor::new(input.into_bytes()), output),
+    )
+    .await
+    .expect("supervise finishes within the limit")
+    .expect("supervise runs");
+    let text = reader.await.expect("reader");
+    (
+        outcome,
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("JSON result"))
+            .collect(),
+    )
+}
+
+fn bodies_text(requests: &[Value]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r["path"] == "/v1/messages")
+        .map(|r| r["body"].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_plan_goes_through_all_four_roles_and_carries_the_model_answer_and_usage() {
+    let api = FakeApi::start(KEY);
+    api.script(&[
+        json!({"kind": "text", "text": "FAKE-MODEL-ANSWER: the tool is built", "usage": {"input_tokens": 40, "output_tokens": 9}}),
+        json!({"kind": "review", "passed": true, "match": REVIEWER}),
+    ]);
+    let state = tempfile::tempdir().expect("state dir");
+    let (outcome, results) = supervise(&api, state.path(), &[plan("alpha", 3)]).await;
+    assert_eq!(outcome, RunOutcome::AllSucceeded, "{results:#?}");
+    let result = &results[0];
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["provider"], "anthropic");
+    assert_eq!(result["attempts"], 1);
+    assert!(
+        result["output"]
+            .as_str()
+            .expect("output")
+            .contains("FAKE-MODEL-ANSWER"),
+        "{result:#}"
+    );
+    assert!(
+        result["usage"]["input_tokens"].as_u64().expect("usage") >= 40,
+        "{result:#}"
+    );
+    assert!(
+        result["usage"]["output_tokens"].as_u64().expect("usage") >= 9,
+        "{result:#}"
+    );
+    let requests = api.requests();
+    let bodies = bodies_text(&requests);
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("(alpha)") && !b.contains(REVIEWER)),
+        "the executor sent the task"
+    );
+    assert!(
+        bodies.iter().any(|b| b.contains(REVIEWER)),
+        "the reviewer asked the model"
+    );
+    assert!(
+        requests.iter().all(|r| r["auth"].is_string()),
+        "every request was authenticated"
+    );
+    assert!(
+        !requests.iter().any(|r| r.to_string().contains(KEY)),
+        "the recorded requests never show the key"
+    );
+}
+
+#[tokio::test]
+async fn a_review_that_fails_twice_then_passes_succeeds_on_the_third_attempt_with_feedback() {
+    let api = FakeApi::start(KEY);
+    api.script(&[
+        json!({"kind": "review", "passed": false, "issues": ["FIRST-ISSUE: no tests"], "match": REVIEWER}),
+        json!({"kind": "review", "passed": false, "issues": ["SECOND-ISSUE: no docs"], "match": REVIEWER}),
+        json!({"kind": "review", "passed": true, "match": REVIEWER}),
+    ]);
+    let state = tempfile::tempdir().expect("state dir");
+    let (_, results) = supervise(&api, state.path(), &[plan("beta", 3)]).await;
+    let result = &results[0];
+    assert_eq!(result["status"], "succeeded", "{result:#}");
+    assert_eq!(result["attempts"], 3);
+    // The executor's later attempts carry the reviewer's feedback to the model.
+    let bodies = bodies_text(&api.requests());
+    let executor_bodies: Vec<&String> = bodies.iter().filter(|b| !b.contains(REVIEWER)).collect();
+    assert!(
+        executor_bodies.iter().any(|b| b.contains("FIRST-ISSUE")),
+        "feedback of review 1 reached the executor"
+    );
+    assert!(
+        executor_bodies.iter().any(|b| b.contains("SECOND-ISSUE")),
+        "feedback of review 2 reached the executor"
+    );
+}
+
+#[tokio::test]
+async fn a_review_that_never_passes_fails_the_plan_after_max_review_attempts() {
+    let api = FakeApi::start(KEY);
+    api.script(&[json!({"kind": "review", "passed": false, "issues": ["never good enough"], "match": REVIEWER, "repeat": true})]);
+    let state = tempfile::tempdir().expect("state dir");
+    let (outcome, results) = supervise(&api, state.path(), &[plan("gamma", 2)]).await;
+    assert_eq!(outcome, RunOutcome::SomeFailed);
+    let result = &results[0];
+    assert_eq!(result["status"], "failed", "{result:#}");
+    assert_eq!(result["attempts"], 2);
+    assert!(
+        result["errors"]
+            .to_string()
+            .contains("review failed after 2 attempts"),
+        "{result:#}"
+    );
+}
+
+#[tokio::test]
+async fn an_overloaded_api_is_retried_by_the_runner_and_never_counted_as_a_worker_death() {
+    let api = FakeApi::start(KEY);
+    api.script(&[
+        json!({"kind": "status", "status": 529, "error_type": "overloaded_error", "times": 2}),
+        json!({"kind": "review", "passed": true, "match": REVIEWER}),
+    ]);
+    let state = tempfile::tempdir().expect("state dir");
+    let (outcome, results) = supervise(&api, state.path(), &[plan("delta", 3)]).await;
+    assert_eq!(outcome, RunOutcome::AllSucceeded, "{results:#?}");
+    assert_eq!(
+        results[0]["deliveries"], 1,
+        "no worker was lost: {:#}",
+        results[0]
+    );
+    let tries: Vec<u64> = api
+        .requests()
+        .iter()
+        .filter(|r| r["path"] == "/v1/messages")
+        .map(|r| r["status"].as_u64().unwrap_or(200))
+        .collect();
+    assert!(
+        tries.len() >= 4,
+        "two refused tries, then execute and review: {tries:?}"
+    );
+}
