@@ -203,6 +203,11 @@ pub struct ProviderConfig {
     pub model: String,
     /// The answer length limit of one model call.
     pub max_tokens: u32,
+    /// How long one model call may wait for the API before it counts as failed.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Retries the SDK makes itself before a call fails (the runner retries on top).
+    pub sdk_max_retries: u32,
 }
 
 impl Default for ProviderConfig {
@@ -211,6 +216,8 @@ impl Default for ProviderConfig {
             name: ProviderChoice::Auto,
             model: "claude-sonnet-5-5".into(),
             max_tokens: 4096,
+            request_timeout: Duration::from_secs(120),
+            sdk_max_retries: 2,
         }
     }
 }
@@ -239,6 +246,9 @@ fn provider_problem(provider: &ProviderConfig) -> Option<Problem> {
     }
     if provider.max_tokens < 1 {
         return problem("max_tokens", "must be at least 1");
+    }
+    if provider.request_timeout < Duration::from_secs(1) {
+        return problem("request_timeout", "must be at least 1s");
     }
     None
 }
@@ -905,6 +915,7 @@ mod tests {
             "name",
             "model",
             "max_tokens",
+            "sdk_max_retries",
         ];
         for key in keys {
             assert!(

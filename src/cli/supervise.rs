@@ -210,6 +210,14 @@ fn configure_provider(
         "MNEMOSYNE_MAX_TOKENS",
         config.provider.max_tokens.to_string(),
     );
+    env.set(
+        "MNEMOSYNE_REQUEST_TIMEOUT_S",
+        config.provider.request_timeout.as_secs().to_string(),
+    );
+    env.set(
+        "MNEMOSYNE_SDK_MAX_RETRIES",
+        config.provider.sdk_max_retries.to_string(),
+    );
     if provider == ResolvedProvider::Anthropic {
         if let Some(key) = &access.api_key {
             env.set_secret("ANTHROPIC_API_KEY", key.clone());

@@ -21,7 +21,7 @@ use super::result::{PlanResult, PlanStatus, TaskOutcome, Usage};
 use crate::agent::{DeliveryFailure, JobError, JobRequest};
 use crate::config::Role;
 use crate::protocol::error_codes;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{EventKind, Supervisor};
 
 /// The longest wait between two tries of a step the model provider turned away.
 const PROVIDER_RETRY_CAP: Duration = Duration::from_secs(30);
@@ -291,6 +291,8 @@ impl PlanRunner {
                 Ok(step) => run.absorb(step),
                 Err(error) => return run.fail(error),
             };
+            self.track_context(plan_id, &task.id, &execution, &context)
+                .await;
             run.outcome.output = execution["output"].as_str().map(str::to_owned);
             let passed = review["passed"] == Value::Bool(true);
             feedback = strings(&review["issues"]);
@@ -310,6 +312,50 @@ impl PlanRunner {
             }
         ));
         Ok(run)
+    }
+
+    /// Tells the orchestrator how full the last execution's context was; it answers with the
+    /// thresholds crossed, which become events. Best effort: a plan never fails over this.
+    async fn track_context(
+        &self,
+        plan_id: &str,
+        task_id: &str,
+        execution: &Value,
+        context: &Value,
+    ) {
+        let used = execution["usage"]["input_tokens"].as_u64().unwrap_or(0)
+            + execution["usage"]["output_tokens"].as_u64().unwrap_or(0);
+        let Some(window) = context["context_window"]
+            .as_u64()
+            .filter(|window| *window > 0)
+        else {
+            return;
+        };
+        let params = json!({ "plan_id": plan_id, "used_tokens": used, "window": window });
+        let request = JobRequest {
+            id: format!("{plan_id}/{task_id}/context/{}", fastrand::u32(..)),
+            method: "track_context".to_owned(),
+            params,
+            deadline: self.settings.step_deadline,
+        };
+        let Ok(outcome) = self.supervisor.submit(Role::Orchestrator, request).await else {
+            return;
+        };
+        let Ok(answer) = outcome.result else { return };
+        for event in answer["events"].as_array().into_iter().flatten() {
+            let level = event["level"].as_str().unwrap_or("unknown").to_owned();
+            let utilisation = event["utilisation"].as_f64().unwrap_or(0.0);
+            tracing::warn!(plan = plan_id, task = task_id, %level, utilisation, "context utilisation crossed a threshold");
+            self.supervisor.events().publish(
+                None,
+                EventKind::ContextPressure {
+                    plan: plan_id.to_owned(),
+                    task: task_id.to_owned(),
+                    level,
+                    utilisation,
+                },
+            );
+        }
     }
 
     /// One request to a worker of `role`, retried with backoff while the model provider is

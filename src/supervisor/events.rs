@@ -46,6 +46,14 @@ pub enum EventKind {
         job: String,
         deliveries: u32,
     },
+    /// A plan's model calls crossed a context-utilisation threshold (`preserve` at 75 %,
+    /// `critical` at 90 %); raised once per upward crossing.
+    ContextPressure {
+        plan: String,
+        task: String,
+        level: String,
+        utilisation: f64,
+    },
 }
 
 fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {

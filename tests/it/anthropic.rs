@@ -214,3 +214,78 @@ async fn an_overloaded_api_is_retried_by_the_runner_and_never_counted_as_a_worke
         "two refused tries, then execute and review: {tries:?}"
     );
 }
+
+#[tokio::test]
+async fn a_model_call_filling_most_of_the_context_raises_one_pressure_event() {
+    let api = FakeApi::start(KEY);
+    // 160 000 of a 200 000-token window: past the 75 % "preserve" line, short of 90 %.
+    api.script(&[
+        json!({"kind": "text", "text": "a long answer", "usage": {"input_tokens": 160000, "output_tokens": 100}}),
+        json!({"kind": "review", "passed": true, "match": REVIEWER}),
+    ]);
+    let state = tempfile::tempdir().expect("state dir");
+    let mut options = options();
+    options.base_env.set("MNEMOSYNE_PROVIDER", "anthropic");
+    options
+        .base_env
+        .set_secret("ANTHROPIC_API_KEY", SecretString::from(KEY));
+    options.base_env.set("ANTHROPIC_BASE_URL", &api.url);
+    let pipeline = crate::plans::Pipeline::start_with(&config(), state.path(), options);
+    let (_, mut events) = pipeline.supervisor.events().history_and_subscribe();
+    pipeline.send(&plan("epsilon", 3));
+    let (outcome, results) = pipeline.finish().await;
+    assert!(outcome.all_succeeded, "{results:#?}");
+    let mut pressure = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let mnemosyne::supervisor::EventKind::ContextPressure {
+            plan,
+            level,
+            utilisation,
+            ..
+        } = &event.kind
+        {
+            pressure.push((plan.clone(), level.clone(), *utilisation));
+        }
+    }
+    assert_eq!(pressure.len(), 1, "one crossing, one event: {pressure:?}");
+    assert_eq!(pressure[0].0, "epsilon");
+    assert_eq!(pressure[0].1, "preserve");
+    assert!(pressure[0].2 > 0.75 && pressure[0].2 < 0.9, "{pressure:?}");
+}
+
+#[tokio::test]
+async fn the_same_plans_run_offline_with_no_key_and_every_result_says_offline() {
+    let state = tempfile::tempdir().expect("state dir");
+    let plans: String = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|id| plan(id, 3).to_string() + "\n")
+        .collect();
+    let (output, mut read_back) = tokio::io::duplex(1 << 20);
+    let args = SuperviseArgs {
+        config: config(),
+        provider: Some(ProviderChoice::Auto),
+        anthropic: AnthropicAccess::default(),
+        options: options(),
+        state_dir: state.path().to_owned(),
+        keep_running: false,
+        interrupt: CancellationToken::new(),
+        kill_now: CancellationToken::new(),
+    };
+    let outcome = run(args, std::io::Cursor::new(plans.into_bytes()), output)
+        .await
+        .expect("runs");
+    assert_eq!(outcome, RunOutcome::AllSucceeded);
+    let mut text = String::new();
+    read_back.read_to_string(&mut text).await.expect("output");
+    let results: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["provider"] == "offline" && r["status"] == "succeeded"),
+        "{text}"
+    );
+}

@@ -396,8 +396,8 @@ async fn a_second_supervisor_on_the_same_state_directory_is_refused_naming_the_h
 }
 
 /// A supervisor with the plan service running in the background, fed through a pipe.
-struct Pipeline {
-    supervisor: std::sync::Arc<mnemosyne::supervisor::Supervisor>,
+pub struct Pipeline {
+    pub supervisor: std::sync::Arc<mnemosyne::supervisor::Supervisor>,
     input: std::sync::Mutex<Option<tokio::io::DuplexStream>>,
     service: tokio::task::JoinHandle<mnemosyne::plan::service::ServeOutcome>,
     output: tokio::io::DuplexStream,
@@ -407,12 +407,20 @@ struct Pipeline {
 
 impl Pipeline {
     fn start(config: &Config, state_dir: &Path) -> Self {
+        Self::start_with(config, state_dir, options())
+    }
+
+    pub fn start_with(
+        config: &Config,
+        state_dir: &Path,
+        options: mnemosyne::supervisor::SupervisorOptions,
+    ) -> Self {
         use mnemosyne::plan::{intake::PlanReader, journal, runner, service, statedir};
         let state = statedir::StateDir::lock(state_dir).expect("state dir");
         let (journal, recovery) =
             journal::Journal::open(&state, journal::JournalSettings::default()).expect("journal");
         let supervisor = std::sync::Arc::new(
-            mnemosyne::supervisor::Supervisor::start(config, options()).expect("supervisor"),
+            mnemosyne::supervisor::Supervisor::start(config, options).expect("supervisor"),
         );
         let runner = runner::PlanRunner::new(
             supervisor.clone(),
@@ -449,7 +457,7 @@ impl Pipeline {
         }
     }
 
-    fn send(&self, plan: &Value) {
+    pub fn send(&self, plan: &Value) {
         let mut input = self.input.lock().expect("input lock");
         let stream = input.as_mut().expect("input still open");
         let line = plan.to_string() + "\n";
@@ -461,7 +469,7 @@ impl Pipeline {
         .expect("plan written");
     }
 
-    async fn finish(mut self) -> (mnemosyne::plan::service::ServeOutcome, Vec<Value>) {
+    pub async fn finish(mut self) -> (mnemosyne::plan::service::ServeOutcome, Vec<Value>) {
         self.input.lock().expect("input lock").take();
         let outcome = tokio::time::timeout(LIMIT * 3, self.service)
             .await
