@@ -184,3 +184,26 @@ fn the_codec_fails_an_oversize_line_before_its_newline_arrives() {
     ));
     assert!(encode_line(&SupervisorMessage::Ping(Heartbeat { nonce: 1 }), 8).is_err());
 }
+
+#[test]
+fn required_nullable_fields_must_be_present_as_the_schema_says() {
+    let decode = |line: &str| classify::<WorkerMessage>(line.as_bytes(), WorkerMessage::TYPES);
+    let hello = r#"{"type":"hello","protocol":1,"role":"executor","pid":7,"python":"3.11","package":"0.1.0""#;
+    assert!(matches!(
+        decode(&format!(r#"{hello},"anthropic":null,"provider":null}}"#)),
+        Inbound::Message(_)
+    ));
+    assert!(matches!(
+        decode(&format!(r#"{hello},"provider":null}}"#)),
+        Inbound::Violation { .. }
+    ));
+    assert!(matches!(
+        decode(r#"{"type":"ready"}"#),
+        Inbound::Violation { .. }
+    ));
+    let result_beside_null_error = r#"{"type":"response","id":"a","result":1,"error":null}"#;
+    assert!(matches!(
+        decode(result_beside_null_error),
+        Inbound::Violation { .. }
+    ));
+}

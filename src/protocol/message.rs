@@ -48,13 +48,20 @@ pub struct Hello {
     pub pid: u32,
     pub python: String,
     pub package: String,
+    // Required but nullable, as the schema says: an absent field is a broken worker, while null
+    // means "none".
+    #[serde(deserialize_with = "nullable")]
     pub anthropic: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     pub provider: Option<String>,
+}
+
+fn nullable<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(deserializer)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {
-    #[serde(default)]
     pub methods: Vec<String>,
 }
 
@@ -83,8 +90,13 @@ struct RawResponse {
         skip_serializing_if = "Option::is_none"
     )]
     result: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorBody>,
+    // Present-but-null counts as present too, so `"result": 1, "error": null` is refused.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    error: Option<Value>,
 }
 
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
@@ -97,7 +109,10 @@ impl TryFrom<RawResponse> for Response {
     fn try_from(raw: RawResponse) -> Result<Self, String> {
         let outcome = match (raw.result, raw.error) {
             (Some(result), None) => Outcome::Result(result),
-            (None, Some(error)) => Outcome::Error(error),
+            (None, Some(error)) => Outcome::Error(
+                serde_json::from_value(error)
+                    .map_err(|error| format!("invalid error object: {error}"))?,
+            ),
             (Some(_), Some(_)) => return Err("response carries both result and error".into()),
             (None, None) => return Err("response carries neither result nor error".into()),
         };
@@ -112,7 +127,10 @@ impl From<Response> for RawResponse {
     fn from(response: Response) -> Self {
         let (result, error) = match response.outcome {
             Outcome::Result(value) => (Some(value), None),
-            Outcome::Error(body) => (None, Some(body)),
+            Outcome::Error(body) => (
+                None,
+                Some(serde_json::to_value(body).expect("error bodies serialise")),
+            ),
         };
         RawResponse {
             id: response.id,

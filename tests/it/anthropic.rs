@@ -32,8 +32,11 @@ fn plan(id: &str, max_review_attempts: u32) -> Value {
 
 fn config() -> Config {
     let mut config = pipeline_config();
-    // Importing the SDK takes seconds; the start timeout must leave room for it.
+    // Importing the SDK takes seconds, and its first call can hold the event loop for a moment
+    // on a loaded machine: timings here are the realistic ones, not the fault-hunting ones.
     config.supervisor.start_timeout = Duration::from_secs(60);
+    config.supervisor.heartbeat_interval = Duration::from_secs(1);
+    config.supervisor.heartbeat_misses = 5;
     config.plans.provider_retry_base = Duration::from_millis(10);
     for role in Role::ALL {
         let agent = config.agents.get_mut(&role).expect("role");
