@@ -173,6 +173,19 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// Pipe work plans into a running supervisor (started with --keep-running) and print
+    /// their results as they finish, in the format of `supervise`.
+    ///
+    /// Exits when every plan it sent has a result: 0 when all succeeded, 1 otherwise.
+    ///
+    /// Examples:
+    ///   mnemosyne submit < more-plans.ndjson
+    ///   echo '{"prompt": "...", "tech_stack": "Rust", "success_criteria": "..."}' | mnemosyne submit
+    #[command(verbatim_doc_comment)]
+    Submit {
+        #[command(flatten)]
+        state: StateDirArg,
+    },
     #[command(name = WARDEN_SUBCOMMAND, hide = true)]
     Warden,
 }
@@ -315,6 +328,11 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
         } => {
             let out = &mut std::io::stdout();
             cli::logs::run(&state.resolve(), &agent, lines, follow, out).await
+        }
+        Command::Submit { state } => {
+            let max_line_bytes = mnemosyne::protocol::DEFAULT_MAX_LINE_BYTES;
+            let out = &mut std::io::stdout();
+            cli::submit::run(&state.resolve(), tokio::io::stdin(), max_line_bytes, out).await
         }
         Command::Warden => unreachable!("handled before the runtime starts"),
     }

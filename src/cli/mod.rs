@@ -6,6 +6,7 @@ pub mod events;
 pub mod logs;
 mod paths;
 mod stdout;
+pub mod submit;
 pub mod supervise;
 
 pub use paths::cache_dir;

@@ -79,7 +79,12 @@ pub async fn run(
     let control =
         ControlSocket::bind(state_dir.path()).map_err(|error| UsageError(error.into()))?;
     let supervisor = Arc::new(Supervisor::start(&args.config, args.options)?);
-    let control = control.serve(supervisor.agents().to_vec(), supervisor.events().clone())?;
+    let (submissions, submitted) = tokio::sync::mpsc::channel(16);
+    let control = control.serve(
+        supervisor.agents().to_vec(),
+        supervisor.events().clone(),
+        args.keep_running.then_some(submissions),
+    )?;
     let kill_switch = supervisor.kill_switch();
     let forward_kill = tokio::spawn({
         let kill_now = args.kill_now.clone();
@@ -111,6 +116,7 @@ pub async fn run(
         settings,
         args.interrupt.clone(),
         args.kill_now.clone(),
+        Some(submitted),
     )
     .await;
     supervisor.shutdown().await;

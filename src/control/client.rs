@@ -12,8 +12,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::protocol::{
-    AgentOutcome, AgentRow, ErrorCode, MAX_RESPONSE_BYTES, Request, Response, ResponseError, Verb,
-    decode_response, encode_line,
+    AgentOutcome, AgentRow, ErrorCode, MAX_RESPONSE_BYTES, Request, Response, ResponseError,
+    SubmittedPlan, Verb, decode_response, encode_line,
 };
 use super::socket::socket_path;
 
@@ -158,6 +158,23 @@ impl Client {
         Ok(Stream { client: self })
     }
 
+    /// Submits plans to run; `on_result` gets each plan's result line as it finishes. Returns
+    /// at `end`, once every plan of this submission has a result (or the supervisor stopped).
+    pub async fn submit(
+        &mut self,
+        plans: Vec<SubmittedPlan>,
+        mut on_result: impl FnMut(Value),
+    ) -> Result<(), ClientError> {
+        self.send(&Request::Submit { plans }).await?;
+        loop {
+            match self.receive().await? {
+                Response::Result { result } => on_result(result),
+                Response::End => return Ok(()),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
     async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let line = encode_line(request)
             .map_err(|error| ClientError::Io(io::Error::new(io::ErrorKind::InvalidData, error)))?;
@@ -223,6 +240,7 @@ fn unexpected(response: &Response) -> ClientError {
         Response::Accepted { .. } => "accepted",
         Response::Event { .. } => "event",
         Response::Log { .. } => "log",
+        Response::Result { .. } => "result",
         Response::Missed { .. } => "missed",
         Response::End => "end",
         Response::Error { .. } => "error",

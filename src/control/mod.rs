@@ -14,8 +14,8 @@ pub use client::{Client, ClientError, ControlAnswer, Stream, StreamItem};
 pub use health::{Health, RECENT_RESTART, health};
 pub use protocol::{
     AgentOutcome, AgentRow, CONTROL_PROTOCOL_VERSION, DEFAULT_LOG_LINES, ErrorCode, ExitCodeRecord,
-    ExitRecord, Request, RequestError, Response, ResponseError, Verb, decode_request,
-    decode_response, encode_line,
+    ExitRecord, Request, RequestError, Response, ResponseError, SubmittedPlan, Verb,
+    decode_request, decode_response, encode_line,
 };
 pub use server::{ControlServer, ControlSocket};
 pub use socket::{ControlError, SOCKET_FILE, socket_path};

@@ -13,7 +13,7 @@ use crate::process::ExitStatus;
 /// The version every line carries in its `v` field, both ways.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
 /// The longest request line the server reads; requests are a few dozen bytes.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// The longest answer line a client reads. A crash report carries a stderr tail of up to
 /// 200 lines of up to 16 KiB each.
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -21,7 +21,7 @@ pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_LOG_LINES: usize = 50;
 
 /// What a client asks. Each line also carries `"v": 1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     /// One row per agent (`agents`).
@@ -59,12 +59,25 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Work plans to run (`mnemosyne submit`); answered with one `result` per plan, then `end`.
+    Submit { plans: Vec<SubmittedPlan> },
+}
+
+/// One plan of a `submit`, with where it stood in the submitter's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmittedPlan {
+    pub plan: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<usize>,
 }
 
 impl Request {
     /// Every request `type`, to tell an unknown type from a malformed request.
-    pub const TYPES: &'static [&'static str] =
-        &["agents", "restart", "stop", "start", "events", "logs"];
+    pub const TYPES: &'static [&'static str] = &[
+        "agents", "restart", "stop", "start", "events", "logs", "submit",
+    ];
 
     /// The request for `verb` on `target`.
     pub fn control(verb: Verb, target: impl Into<String>, wait: bool) -> Self {
@@ -117,6 +130,8 @@ pub enum Response {
     Event { event: Value },
     /// One stderr line of the agent asked about.
     Log { line: String },
+    /// The result line of one submitted plan, exactly as `supervise` prints results.
+    Result { result: Value },
     /// This reader fell behind and `count` events (or log lines) were skipped for it.
     Missed { count: u64 },
     /// The end of a stream: the history without `follow`, or the supervisor stopping.

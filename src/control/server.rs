@@ -16,13 +16,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::protocol::{
-    AgentOutcome, AgentRow, ErrorCode, MAX_REQUEST_BYTES, Request, Response, Verb, decode_request,
-    encode_line,
+    AgentOutcome, AgentRow, ErrorCode, MAX_REQUEST_BYTES, Request, Response, SubmittedPlan, Verb,
+    decode_request, encode_line,
 };
 use super::socket::{self, ControlError, SocketFile};
 use crate::agent::{AgentHandle, AgentStatus, StateName};
 use crate::config::Role;
+use crate::plan::intake::check_plan;
+use crate::plan::model::Plan;
+use crate::plan::result::{InputPosition, PlanResult};
+use crate::plan::service::Submission;
 use crate::supervisor::{EventBus, Supervisor};
+use serde_json::Value;
 
 /// How long one line may take to reach a client. A client that reads nothing for this long
 /// is dropped; one that reads slowly misses events instead of holding anything up.
@@ -63,6 +68,7 @@ impl ControlSocket {
         self,
         agents: Vec<AgentHandle>,
         events: EventBus,
+        submissions: Option<tokio::sync::mpsc::Sender<Submission>>,
     ) -> Result<ControlServer, ControlError> {
         let listen_error = |source| ControlError::Listen {
             path: self.file.path().to_path_buf(),
@@ -75,6 +81,7 @@ impl ControlSocket {
         let shared = Arc::new(Shared {
             agents,
             events,
+            submissions,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
@@ -101,8 +108,11 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds the socket in `state_dir` and serves `supervisor`'s agents and events.
     pub fn start(state_dir: &Path, supervisor: &Supervisor) -> Result<Self, ControlError> {
-        ControlSocket::bind(state_dir)?
-            .serve(supervisor.agents().to_vec(), supervisor.events().clone())
+        ControlSocket::bind(state_dir)?.serve(
+            supervisor.agents().to_vec(),
+            supervisor.events().clone(),
+            None,
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -133,6 +143,8 @@ impl Drop for ControlServer {
 struct Shared {
     agents: Vec<AgentHandle>,
     events: EventBus,
+    /// Where submitted plans go; `None` when the supervisor takes no submissions.
+    submissions: Option<tokio::sync::mpsc::Sender<Submission>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     clients: Arc<Semaphore>,
@@ -276,6 +288,7 @@ async fn handle(
         Request::Restart { target, now, wait } => {
             control(shared, out, Verb::Restart { now }, &target, wait).await
         }
+        Request::Submit { plans } => submit(shared, out, plans).await,
         Request::Events { follow } => {
             let (history, live) = shared.events.history_and_subscribe();
             for event in history {
@@ -316,6 +329,76 @@ async fn handle(
             }
         }
     }
+}
+
+/// Runs submitted plans through the plan service and streams their results back, then `end`.
+async fn submit(shared: &Shared, out: &mut Writer, plans: Vec<SubmittedPlan>) -> Result<(), Gone> {
+    let Some(submissions) = &shared.submissions else {
+        let message = "this supervisor takes no submitted plans: start it with --keep-running";
+        return out.send(&error(ErrorCode::BadRequest, message)).await;
+    };
+    let (results, mut received) = tokio::sync::mpsc::channel::<String>(64);
+    let mut accepted = Vec::new();
+    let mut expected = 0usize;
+    for submitted in plans {
+        let position = InputPosition {
+            line: submitted.line,
+            element: submitted.element,
+        };
+        let where_ = match (submitted.line, submitted.element) {
+            (Some(line), Some(element)) => format!("line {line}, element {element}"),
+            (Some(line), None) => format!("line {line}"),
+            (None, Some(element)) => format!("element {element}"),
+            (None, None) => "document".to_owned(),
+        };
+        let checked = serde_json::from_value::<Plan>(submitted.plan)
+            .map_err(|error| error.to_string())
+            .and_then(|plan| {
+                check_plan(&plan)
+                    .map(|()| plan)
+                    .map_err(|error| error.to_string())
+            });
+        match checked {
+            Ok(plan) => {
+                accepted.push((plan, position));
+                expected += 1;
+            }
+            Err(message) => {
+                let result =
+                    PlanResult::rejected(None, position, vec![format!("{where_}: {message}")]);
+                let value = serde_json::to_value(&result).expect("results serialise");
+                out.send(&Response::Result { result: value }).await?;
+            }
+        }
+    }
+    if expected > 0 {
+        let submission = Submission {
+            plans: accepted,
+            results,
+        };
+        if submissions.send(submission).await.is_err() {
+            return out
+                .send(&error(
+                    ErrorCode::ShuttingDown,
+                    "the supervisor is stopping",
+                ))
+                .await;
+        }
+        while expected > 0 {
+            let line = tokio::select! {
+                line = received.recv() => line,
+                () = shared.cancel.cancelled() => None,
+            };
+            let Some(line) = line else {
+                // The supervisor stopped first: the rest stay in its journal for the next run.
+                return out.send(&Response::End).await;
+            };
+            let result = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            out.send(&Response::Result { result }).await?;
+            expected -= 1;
+        }
+    }
+    out.send(&Response::End).await
 }
 
 fn event_response(event: &crate::supervisor::Event) -> Response {

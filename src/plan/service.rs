@@ -58,6 +58,29 @@ struct Emit {
     id: Option<String>,
     line: String,
     succeeded: bool,
+    /// Where the line goes: the client that submitted the plan, or stdout when `None`.
+    to: Option<mpsc::Sender<String>>,
+}
+
+/// Plans handed in through the control socket (`mnemosyne submit`), with the channel their
+/// results go back on.
+pub struct Submission {
+    pub plans: Vec<(Plan, InputPosition)>,
+    pub results: mpsc::Sender<String>,
+}
+
+/// The emit channel, tagged with where its results belong.
+#[derive(Clone)]
+struct Sink {
+    emit: mpsc::Sender<Emit>,
+    to: Option<mpsc::Sender<String>>,
+}
+
+impl Sink {
+    async fn send(&self, mut emit: Emit) -> Result<(), mpsc::error::SendError<Emit>> {
+        emit.to = self.to.clone();
+        self.emit.send(emit).await
+    }
 }
 
 impl Emit {
@@ -66,6 +89,7 @@ impl Emit {
             id,
             line: result.to_line(),
             succeeded: result.status == PlanStatus::Succeeded,
+            to: None,
         }
     }
 
@@ -76,6 +100,7 @@ impl Emit {
             id,
             line,
             succeeded,
+            to: None,
         }
     }
 }
@@ -94,9 +119,14 @@ pub async fn serve(
     settings: ServiceSettings,
     interrupt: CancellationToken,
     kill_now: CancellationToken,
+    submissions: Option<mpsc::Receiver<Submission>>,
 ) -> ServeOutcome {
     let all_succeeded = Arc::new(AtomicBool::new(true));
-    let (emit, emitted) = mpsc::channel::<Emit>(RESULT_BUFFER);
+    let (emit_sender, emitted) = mpsc::channel::<Emit>(RESULT_BUFFER);
+    let emit = Sink {
+        emit: emit_sender,
+        to: None,
+    };
     let writer = tokio::spawn(write_results(
         emitted,
         output,
@@ -138,6 +168,21 @@ pub async fn serve(
                 finish(&journal, &emit, result).await;
             }
         }
+    }
+
+    // Submitted plans are taken only by a supervisor that keeps running; they share the bound
+    // on plans in flight and the journal with stdin's.
+    if let (Some(submissions), true) = (submissions, settings.keep_running) {
+        runs.spawn(take_submissions(
+            submissions,
+            slots.clone(),
+            runs.clone(),
+            runner.clone(),
+            journal.clone(),
+            emit.emit.clone(),
+            interrupt.clone(),
+            run_id.clone(),
+        ));
     }
 
     let mut accepted = 0u64;
@@ -208,12 +253,60 @@ pub async fn serve(
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pump shares the service's collaborators"
+)]
+async fn take_submissions(
+    mut submissions: mpsc::Receiver<Submission>,
+    slots: Arc<Semaphore>,
+    runs: TaskTracker,
+    runner: PlanRunner,
+    journal: Journal,
+    emit: mpsc::Sender<Emit>,
+    interrupt: CancellationToken,
+    run_id: String,
+) {
+    let mut accepted = 0u64;
+    loop {
+        let submission = tokio::select! {
+            submission = submissions.recv() => match submission {
+                Some(submission) => submission,
+                None => return,
+            },
+            () = interrupt.cancelled() => return,
+        };
+        let sink = Sink {
+            emit: emit.clone(),
+            to: Some(submission.results),
+        };
+        for (mut plan, position) in submission.plans {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = interrupt.cancelled() => return,
+            };
+            accepted += 1;
+            if plan.id.is_none() {
+                plan.id = Some(format!("plan-{run_id}-submitted-{accepted}"));
+            }
+            runs.spawn(admit_and_run(
+                plan,
+                position,
+                runner.clone(),
+                journal.clone(),
+                sink.clone(),
+                permit,
+            ));
+        }
+    }
+}
+
 async fn admit_and_run(
     plan: Plan,
     position: InputPosition,
     runner: PlanRunner,
     journal: Journal,
-    emit: mpsc::Sender<Emit>,
+    emit: Sink,
     permit: OwnedSemaphorePermit,
 ) {
     let id = plan.id().to_owned();
@@ -257,7 +350,7 @@ async fn run_plan(
     position: InputPosition,
     runner: PlanRunner,
     journal: Journal,
-    emit: mpsc::Sender<Emit>,
+    emit: Sink,
     _permit: OwnedSemaphorePermit,
 ) {
     match runner.run(&plan).await {
@@ -273,7 +366,7 @@ async fn run_plan(
 
 /// Records the result durably, then hands it to the writer: a crash between the two replays
 /// the result on the next run instead of losing it.
-async fn finish(journal: &Journal, emit: &mpsc::Sender<Emit>, result: PlanResult) {
+async fn finish(journal: &Journal, emit: &Sink, result: PlanResult) {
     let id = result.id.clone().expect("finished plans have ids");
     let emit_line = Emit::result(Some(id.clone()), &result);
     if let Err(error) = journal.finish(id.clone(), emit_line.line.clone()).await {
@@ -297,14 +390,20 @@ async fn write_results(
             id,
             line,
             succeeded,
+            to,
         } in batch.drain(..)
         {
+            ids.extend(id);
+            if let Some(client) = to {
+                // A submitter that went away still has its result in the journal.
+                let _ = client.send(line).await;
+                continue;
+            }
             if !succeeded {
                 all_succeeded.store(false, Ordering::SeqCst);
             }
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
-            ids.extend(id);
         }
         if output.write_all(&bytes).await.is_err() || output.flush().await.is_err() {
             tracing::error!(

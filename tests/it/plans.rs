@@ -446,6 +446,7 @@ impl Pipeline {
             settings,
             CancellationToken::new(),
             CancellationToken::new(),
+            None,
         ));
         Self {
             supervisor,

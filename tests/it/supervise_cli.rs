@@ -348,3 +348,73 @@ fn the_anthropic_provider_without_a_key_is_refused_before_any_worker_starts() {
         "no worker was started: {stderr}"
     );
 }
+
+#[test]
+fn submit_into_a_keep_running_supervisor_gets_exactly_its_own_results() {
+    let state = tempfile::tempdir().expect("state dir");
+    let mut supervisor = supervise(None, state.path())
+        .arg("--keep-running")
+        .spawn()
+        .expect("starts");
+    let mut stdin = supervisor.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", plan("own-1", "")).expect("write");
+    stdin.flush().expect("flush");
+    let mut stdout = BufReader::new(supervisor.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("the supervisor's own result");
+    assert!(line.contains("\"own-1\""), "{line}");
+
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_mnemosyne"))
+        .arg("submit")
+        .env("MNEMOSYNE_STATE_DIR", state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submit starts");
+    {
+        let mut input = submit.stdin.take().expect("stdin");
+        writeln!(input, "{}", plan("sub-1", "")).expect("write");
+        writeln!(input, "{}", plan("sub-2", "")).expect("write");
+        writeln!(input, "{{\"id\": \"broken\", ").expect("write");
+    }
+    let submitted = submit.wait_with_output().expect("submit finishes");
+    assert_eq!(
+        submitted.status.code(),
+        Some(1),
+        "one line was rejected: {}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let results = results_of(&submitted.stdout);
+    assert_eq!(results.len(), 3, "{results:#?}");
+    let status_of = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["status"].clone())
+    };
+    assert_eq!(status_of("sub-1"), Some(json!("succeeded")));
+    assert_eq!(status_of("sub-2"), Some(json!("succeeded")));
+    let rejected: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["status"] == "rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["line"], 3);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("rest of stdout");
+    assert!(
+        !rest.contains("sub-"),
+        "submitted results go to the submitter only: {rest}"
+    );
+    supervisor.wait().expect("exits");
+}
