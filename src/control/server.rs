@@ -166,10 +166,9 @@ async fn accept_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                     });
                 }
                 Err(_) => {
-                    let cancel = shared.cancel.clone();
                     shared.tasks.spawn(async move {
                         let (_, write) = stream.into_split();
-                        let mut out = Writer { write, cancel };
+                        let mut out = Writer { write };
                         let _ = out
                             .send(&error(
                                 ErrorCode::Busy,
@@ -199,7 +198,6 @@ struct Gone;
 
 struct Writer {
     write: OwnedWriteHalf,
-    cancel: CancellationToken,
 }
 
 impl Writer {
@@ -211,16 +209,15 @@ impl Writer {
                 return Err(Gone);
             }
         };
-        tokio::select! {
-            () = self.cancel.cancelled() => Err(Gone),
-            written = tokio::time::timeout(WRITE_TIMEOUT, self.write.write_all(&line)) => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Gone),
-                Err(_) => {
-                    tracing::info!("dropping a control client that stopped reading");
-                    Err(Gone)
-                }
-            },
+        // A write is never abandoned half-way for a shutdown: a follower must get whole lines
+        // and then `end`. The timeout alone bounds a client that stopped reading.
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write.write_all(&line)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Gone),
+            Err(_) => {
+                tracing::info!("dropping a control client that stopped reading");
+                Err(Gone)
+            }
         }
     }
 
@@ -236,10 +233,7 @@ impl Writer {
 async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     let (read, write) = stream.into_split();
     let mut requests = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
-    let mut out = Writer {
-        write,
-        cancel: shared.cancel.clone(),
-    };
+    let mut out = Writer { write };
     loop {
         let next = tokio::select! {
             () = shared.cancel.cancelled() => return,
@@ -628,10 +622,7 @@ mod tests {
         let mut requests =
             FramedRead::new(read, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
         let cancel = CancellationToken::new();
-        let mut out = Writer {
-            write,
-            cancel: cancel.clone(),
-        };
+        let mut out = Writer { write };
         let streaming = tokio::spawn(async move {
             let _ = stream(live, &mut out, &mut requests, &cancel, |n| Response::Log {
                 line: format!("line {n}"),
