@@ -11,7 +11,7 @@ use super::stdout::write_line;
 use super::supervise::RunOutcome;
 use crate::control::{Client, SubmittedPlan};
 use crate::plan::intake::PlanReader;
-use crate::plan::result::{InputPosition, PlanResult};
+use crate::plan::result::PlanResult;
 
 /// Plans sent per request; each request is answered in full before the next one goes out.
 const PLANS_PER_REQUEST: usize = 256;
@@ -38,14 +38,12 @@ pub async fn run(
         match reader.next().await {
             None => input_ended = true,
             Some(item) => {
-                let (line, element) = (item.origin.line(), item.origin.element());
                 match item.plan {
                     // The same precise error `supervise` gives, without a round trip.
                     Err(error) => {
-                        let position = InputPosition { line, element };
                         let result = PlanResult::rejected(
                             None,
-                            position,
+                            item.origin.position(),
                             vec![format!("{}: {error}", item.origin)],
                         );
                         print(serde_json::to_value(&result).expect("results serialise"))?;
@@ -55,8 +53,8 @@ pub async fn run(
                         batch_bytes += plan.to_string().len();
                         batch.push(SubmittedPlan {
                             plan,
-                            line,
-                            element,
+                            line: item.origin.line(),
+                            element: item.origin.element(),
                         });
                     }
                 }

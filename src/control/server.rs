@@ -22,9 +22,9 @@ use super::protocol::{
 use super::socket::{self, ControlError, SocketFile};
 use crate::agent::{AgentHandle, AgentStatus, StateName};
 use crate::config::Role;
-use crate::plan::intake::check_plan;
+use crate::plan::intake::{Origin, check_plan};
 use crate::plan::model::Plan;
-use crate::plan::result::{InputPosition, PlanResult};
+use crate::plan::result::PlanResult;
 use crate::plan::service::Submission;
 use crate::supervisor::{EventBus, Supervisor};
 use serde_json::Value;
@@ -333,18 +333,9 @@ async fn submit(shared: &Shared, out: &mut Writer, plans: Vec<SubmittedPlan>) ->
     };
     let (results, mut received) = tokio::sync::mpsc::channel::<String>(64);
     let mut accepted = Vec::new();
-    let mut expected = 0usize;
     for submitted in plans {
-        let position = InputPosition {
-            line: submitted.line,
-            element: submitted.element,
-        };
-        let where_ = match (submitted.line, submitted.element) {
-            (Some(line), Some(element)) => format!("line {line}, element {element}"),
-            (Some(line), None) => format!("line {line}"),
-            (None, Some(element)) => format!("element {element}"),
-            (None, None) => "document".to_owned(),
-        };
+        let origin = Origin::from_parts(submitted.line, submitted.element);
+        let position = origin.position();
         let checked = serde_json::from_value::<Plan>(submitted.plan)
             .map_err(|error| error.to_string())
             .and_then(|plan| {
@@ -353,18 +344,16 @@ async fn submit(shared: &Shared, out: &mut Writer, plans: Vec<SubmittedPlan>) ->
                     .map_err(|error| error.to_string())
             });
         match checked {
-            Ok(plan) => {
-                accepted.push((plan, position));
-                expected += 1;
-            }
+            Ok(plan) => accepted.push((plan, position)),
             Err(message) => {
                 let result =
-                    PlanResult::rejected(None, position, vec![format!("{where_}: {message}")]);
+                    PlanResult::rejected(None, position, vec![format!("{origin}: {message}")]);
                 let value = serde_json::to_value(&result).expect("results serialise");
                 out.send(&Response::Result { result: value }).await?;
             }
         }
     }
+    let mut expected = accepted.len();
     if expected > 0 {
         let submission = Submission {
             plans: accepted,

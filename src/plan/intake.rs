@@ -38,6 +38,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 
 use super::graph::TaskGraph;
 use super::model::{MAX_REVIEW_ATTEMPTS_RANGE, PRIORITY_RANGE, Plan, out_of_range};
+use super::result::InputPosition;
 use crate::protocol::{LineCodec, LineError};
 
 /// The largest input read as one JSON document (64 MiB); NDJSON input has no total limit.
@@ -73,6 +74,24 @@ impl Origin {
         match *self {
             Origin::Element { index, .. } => Some(index),
             Origin::Line(_) | Origin::Document => None,
+        }
+    }
+
+    /// The inverse of [`Origin::line`] and [`Origin::element`], for an origin that travelled
+    /// as those two numbers (a plan submitted over the control socket).
+    pub fn from_parts(line: Option<usize>, element: Option<usize>) -> Self {
+        match (line, element) {
+            (line, Some(index)) => Origin::Element { line, index },
+            (Some(line), None) => Origin::Line(line),
+            (None, None) => Origin::Document,
+        }
+    }
+
+    /// Where a result says its plan came from.
+    pub fn position(&self) -> InputPosition {
+        InputPosition {
+            line: self.line(),
+            element: self.element(),
         }
     }
 }
@@ -1044,5 +1063,24 @@ mod tests {
         seen.sort();
         assert_eq!(seen, expected);
         assert!(valid_plans >= 3);
+    }
+
+    #[test]
+    fn an_origin_survives_travelling_as_line_and_element() {
+        for origin in [
+            Origin::Line(7),
+            Origin::Element {
+                line: Some(3),
+                index: 2,
+            },
+            Origin::Element {
+                line: None,
+                index: 5,
+            },
+            Origin::Document,
+        ] {
+            let position = origin.position();
+            assert_eq!(Origin::from_parts(position.line, position.element), origin);
+        }
     }
 }

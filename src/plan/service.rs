@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::intake::{InputItem, Origin, PlanReader};
+use super::intake::{InputItem, PlanReader};
 use super::journal::{Admission, Journal, Recovery};
 use super::model::Plan;
 use super::result::{InputPosition, PlanResult, PlanStatus};
@@ -197,7 +197,7 @@ pub async fn serve(
             () = interrupt.cancelled() => { interrupted = true; break; }
         };
         let Some(item) = item else { break };
-        let position = position_of(&item.origin);
+        let position = item.origin.position();
         match item.plan {
             Err(error) => {
                 let result =
@@ -437,18 +437,4 @@ fn mark_replayed(stored: &str, position: Option<&InputPosition>) -> (String, boo
         }
     }
     (value.to_string(), succeeded)
-}
-
-fn position_of(origin: &Origin) -> InputPosition {
-    match origin {
-        Origin::Line(line) => InputPosition {
-            line: Some(*line),
-            element: None,
-        },
-        Origin::Element { line, index } => InputPosition {
-            line: *line,
-            element: Some(*index),
-        },
-        Origin::Document => InputPosition::default(),
-    }
 }
