@@ -4,12 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mnemosyne::cli::supervise::{AnthropicAccess, RunOutcome, SuperviseArgs, run};
+use mnemosyne::cli::supervise::{AnthropicAccess, RunOutcome};
 use mnemosyne::config::{Config, ProviderChoice, Role};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 use crate::fake_api::FakeApi;
@@ -50,42 +48,13 @@ fn config() -> Config {
 
 async fn supervise(api: &FakeApi, state_dir: &Path, plans: &[Value]) -> (RunOutcome, Vec<Value>) {
     let input: String = plans.iter().map(|plan| plan.to_string() + "\n").collect();
-    let (output, mut read_back) = tokio::io::duplex(1 << 20);
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        read_back
-            .read_to_string(&mut text)
-            .await
-            .expect("output is UTF-8");
-        text
-    });
-    let args = SuperviseArgs {
-        config: config(),
-        provider: Some(ProviderChoice::Anthropic),
-        anthropic: AnthropicAccess {
-            api_key: Some(SecretString::from(KEY)),
-            base_url: Some(api.url.clone()),
-        },
-        options: options(),
-        state_dir: state_dir.to_owned(),
-        keep_running: false,
-        interrupt: CancellationToken::new(),
-        kill_now: CancellationToken::new(),
+    let mut args = supervise_args(config(), state_dir);
+    args.provider = Some(ProviderChoice::Anthropic);
+    args.anthropic = AnthropicAccess {
+        api_key: Some(SecretString::from(KEY)),
+        base_url: Some(api.url.clone()),
     };
-    let outcome = tokio::time::timeout(
-        LIMIT * 6,
-        run(args, std::io::Cursor::new(input.into_bytes()), output),
-    )
-    .await
-    .expect("supervise finishes within the limit")
-    .expect("supervise runs");
-    let text = reader.await.expect("reader");
-    (
-        outcome,
-        text.lines()
-            .map(|line| serde_json::from_str(line).expect("JSON result"))
-            .collect(),
-    )
+    supervise_in_process(args, input, LIMIT * 6).await
 }
 
 fn bodies_text(requests: &[Value]) -> Vec<String> {
@@ -263,27 +232,11 @@ async fn the_same_plans_run_offline_with_no_key_and_every_result_says_offline() 
         .iter()
         .map(|id| plan(id, 3).to_string() + "\n")
         .collect();
-    let (output, mut read_back) = tokio::io::duplex(1 << 20);
-    let args = SuperviseArgs {
-        config: config(),
-        provider: Some(ProviderChoice::Auto),
-        anthropic: AnthropicAccess::default(),
-        options: options(),
-        state_dir: state.path().to_owned(),
-        keep_running: false,
-        interrupt: CancellationToken::new(),
-        kill_now: CancellationToken::new(),
-    };
-    let outcome = run(args, std::io::Cursor::new(plans.into_bytes()), output)
-        .await
-        .expect("runs");
+    let mut args = supervise_args(config(), state.path());
+    args.provider = Some(ProviderChoice::Auto);
+    let (outcome, results) = supervise_in_process(args, plans, LIMIT * 6).await;
     assert_eq!(outcome, RunOutcome::AllSucceeded);
-    let mut text = String::new();
-    read_back.read_to_string(&mut text).await.expect("output");
-    let results: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let text = format!("{results:#?}");
     assert_eq!(results.len(), 3);
     assert!(
         results

@@ -212,3 +212,49 @@ pub async fn gone_within(pid: u32, limit: Duration) -> bool {
     }
     !alive(pid)
 }
+
+/// Arguments for an in-process `supervise` with the test options and no provider override.
+pub fn supervise_args(
+    config: Config,
+    state_dir: &Path,
+) -> mnemosyne::cli::supervise::SuperviseArgs {
+    mnemosyne::cli::supervise::SuperviseArgs {
+        config,
+        provider: None,
+        anthropic: Default::default(),
+        options: options(),
+        state_dir: state_dir.to_owned(),
+        keep_running: false,
+        interrupt: tokio_util::sync::CancellationToken::new(),
+        kill_now: tokio_util::sync::CancellationToken::new(),
+    }
+}
+
+/// Runs `supervise` in-process on `input`, at most `limit`, and returns its outcome and
+/// result lines.
+pub async fn supervise_in_process(
+    args: mnemosyne::cli::supervise::SuperviseArgs,
+    input: String,
+    limit: Duration,
+) -> (mnemosyne::cli::supervise::RunOutcome, Vec<Value>) {
+    let (output, mut read_back) = tokio::io::duplex(1 << 20);
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut read_back, &mut text)
+            .await
+            .expect("output is UTF-8");
+        text
+    });
+    let run =
+        mnemosyne::cli::supervise::run(args, std::io::Cursor::new(input.into_bytes()), output);
+    let outcome = tokio::time::timeout(limit, run)
+        .await
+        .expect("supervise finishes within the limit")
+        .expect("supervise runs");
+    let text = reader.await.expect("reader finishes");
+    let results = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each result is JSON"))
+        .collect();
+    (outcome, results)
+}

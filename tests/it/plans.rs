@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mnemosyne::cli::supervise::{RunOutcome, SuperviseArgs, run};
+use mnemosyne::cli::supervise::{RunOutcome, run};
 use mnemosyne::config::{AgentConfig, Config, Role};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -38,38 +38,7 @@ pub fn pipeline_config() -> Config {
 
 /// Runs `supervise` in-process on `input` and returns its outcome and result lines.
 async fn supervise(config: Config, state_dir: &Path, input: String) -> (RunOutcome, Vec<Value>) {
-    let (output, mut read_back) = tokio::io::duplex(1 << 16);
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        read_back
-            .read_to_string(&mut text)
-            .await
-            .expect("output is UTF-8");
-        text
-    });
-    let args = SuperviseArgs {
-        provider: None,
-        anthropic: Default::default(),
-        config,
-        options: options(),
-        state_dir: state_dir.to_owned(),
-        keep_running: false,
-        interrupt: CancellationToken::new(),
-        kill_now: CancellationToken::new(),
-    };
-    let outcome = tokio::time::timeout(
-        LIMIT * 3,
-        run(args, std::io::Cursor::new(input.into_bytes()), output),
-    )
-    .await
-    .expect("supervise finishes within the limit")
-    .expect("supervise runs");
-    let text = reader.await.expect("reader finishes");
-    let results = text
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each result is JSON"))
-        .collect();
-    (outcome, results)
+    supervise_in_process(supervise_args(config, state_dir), input, LIMIT * 3).await
 }
 
 fn by_id<'a>(results: &'a [Value], id: &str) -> &'a Value {
@@ -370,16 +339,7 @@ async fn a_finished_plan_id_is_replayed_not_run_again() {
 async fn a_second_supervisor_on_the_same_state_directory_is_refused_naming_the_holder() {
     let state = tempfile::tempdir().expect("state dir");
     let _held = mnemosyne::plan::statedir::StateDir::lock(state.path()).expect("first lock");
-    let args = SuperviseArgs {
-        provider: None,
-        anthropic: Default::default(),
-        config: pipeline_config(),
-        options: options(),
-        state_dir: state.path().to_owned(),
-        keep_running: false,
-        interrupt: CancellationToken::new(),
-        kill_now: CancellationToken::new(),
-    };
+    let args = supervise_args(pipeline_config(), state.path());
     let error = run(args, tokio::io::empty(), tokio::io::sink())
         .await
         .expect_err("refused");
