@@ -150,7 +150,7 @@ pub struct PlansConfig {
     pub max_in_flight: usize,
     /// Extra tries of a step the model provider turned away (rate limit, overload, 5xx).
     pub provider_retries: u32,
-    /// First wait before such a retry; it doubles per retry unless the provider names a wait.
+    /// Retry `n` waits a random time in [0, base × 2ⁿ), after any wait the provider names.
     #[serde(with = "duration")]
     pub provider_retry_base: Duration,
     /// Finished plans whose ids the journal remembers, so a resubmitted id is replayed.

@@ -21,7 +21,7 @@ use super::result::{PlanResult, PlanStatus, TaskOutcome, Usage};
 use crate::agent::{DeliveryFailure, JobError, JobRequest};
 use crate::config::Role;
 use crate::protocol::error_codes;
-use crate::supervisor::{EventKind, Supervisor};
+use crate::supervisor::{Backoff, EventKind, Supervisor};
 
 /// The longest wait between two tries of a step the model provider turned away.
 const PROVIDER_RETRY_CAP: Duration = Duration::from_secs(30);
@@ -406,11 +406,12 @@ impl PlanRunner {
                         .and_then(|details| details.get("retry_after_ms"))
                         .and_then(Value::as_u64)
                         .map(Duration::from_millis);
-                    let backoff = self
-                        .settings
-                        .provider_retry_base
-                        .saturating_mul(1 << retry.min(16));
-                    let delay = hinted.unwrap_or(backoff).min(PROVIDER_RETRY_CAP);
+                    let delay = provider_retry_delay(
+                        self.settings.provider_retry_base,
+                        retry,
+                        hinted,
+                        fastrand::f64(),
+                    );
                     tracing::info!(job = job_id, code = %body.code, ?delay, "provider turned the request away; retrying");
                     retry += 1;
                     tokio::time::sleep(delay).await;
@@ -440,6 +441,27 @@ impl PlanRunner {
             }
         }
     }
+}
+
+/// How long to wait before retry number `retry` of a call the provider turned away.
+///
+/// Full jitter spreads the plans that were refused together (one outage refuses them all at
+/// once) over the whole backoff, so they do not come back in lockstep. A `retry-after` from
+/// the API is a floor: nothing retries earlier than asked, and the jitter spreads the retries
+/// out after it.
+fn provider_retry_delay(
+    base: Duration,
+    retry: u32,
+    hinted: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let backoff = Backoff {
+        base,
+        factor: 2.0,
+        max: PROVIDER_RETRY_CAP,
+    };
+    let spread = backoff.full_jitter(retry, jitter);
+    (hinted.unwrap_or_default() + spread).min(PROVIDER_RETRY_CAP)
 }
 
 impl TaskRun {
@@ -585,4 +607,39 @@ fn strings(value: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_refused_together_retry_spread_over_the_whole_backoff() {
+        let base = Duration::from_secs(1);
+        let delays: Vec<Duration> = (0..64)
+            .map(|n| provider_retry_delay(base, 2, None, f64::from(n) / 64.0))
+            .collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(delays[32], Duration::from_secs(2));
+        assert!(delays.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(delays.iter().all(|delay| *delay < Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn a_retry_after_from_the_api_is_a_floor_that_the_jitter_spreads_beyond() {
+        let base = Duration::from_secs(1);
+        let hinted = Some(Duration::from_millis(1500));
+        assert_eq!(
+            provider_retry_delay(base, 0, hinted, 0.0),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            provider_retry_delay(base, 0, hinted, 0.5),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            provider_retry_delay(base, 0, Some(Duration::from_secs(3600)), 0.5),
+            PROVIDER_RETRY_CAP
+        );
+    }
 }

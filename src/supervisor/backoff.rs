@@ -1,4 +1,5 @@
-//! Restart delays: exponential backoff with jitter.
+//! Exponential backoff with jitter: the one delay rule for worker restarts and for retries of
+//! calls the model provider turned away.
 
 use std::time::Duration;
 
@@ -24,6 +25,16 @@ impl Backoff {
 
     pub fn delay_with_random_jitter(&self, attempt: u32) -> Duration {
         self.delay(attempt, fastrand::f64())
+    }
+
+    /// The delay before retry number `attempt`, spread over all of [0, d) ("full jitter").
+    ///
+    /// For calls turned away by a shared, overloaded service: many callers that were refused at
+    /// the same moment must come back spread out, or they overload it again together. A
+    /// worker restart keeps equal jitter instead, because a delay near zero would defeat the
+    /// point of backing off from a crashing worker.
+    pub fn full_jitter(&self, attempt: u32, jitter: f64) -> Duration {
+        self.delay(attempt, 1.0).mul_f64(jitter.clamp(0.0, 1.0))
     }
 }
 
@@ -60,6 +71,15 @@ mod tests {
             let delay = backoff.delay_with_random_jitter(attempt);
             assert!(delay >= backoff.delay(attempt, 0.0) && delay <= backoff.delay(attempt, 1.0));
         }
+    }
+
+    #[test]
+    fn full_jitter_spreads_each_delay_over_all_of_it() {
+        let backoff = defaults();
+        assert_eq!(backoff.full_jitter(0, 0.0), Duration::ZERO);
+        assert_eq!(backoff.full_jitter(1, 0.5), Duration::from_millis(500));
+        assert_eq!(backoff.full_jitter(40, 1.0), Duration::from_secs(30));
+        assert_eq!(backoff.full_jitter(3, 7.0), backoff.delay(3, 1.0));
     }
 
     #[test]
