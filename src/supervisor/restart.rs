@@ -109,7 +109,8 @@ impl RestartTracker {
             }
             _ => {}
         }
-        if ready_for.is_some_and(|ready| ready >= rules.reset_after) {
+        let proven = ready_for.is_some_and(|ready| ready >= rules.reset_after);
+        if proven {
             self.attempt = 0;
             self.cooling_down = false;
         }
@@ -131,12 +132,20 @@ impl RestartTracker {
                 failures: self.failures.len(),
             };
         }
+        // A worker that proved itself, or the first failure in the window, is replaced at once,
+        // as runit and OTP do: waiting would only stretch an outage that one restart ends.
+        // Backing off starts with the second failure in the window, which is when a restart
+        // has been seen not to help.
+        if proven || self.failures.len() == 1 {
+            self.attempt = 0;
+        }
         let attempt = self.attempt;
         self.attempt = self.attempt.saturating_add(1);
-        Next::Restart {
-            delay: rules.backoff.delay(attempt, jitter),
-            attempt,
-        }
+        let delay = match attempt.checked_sub(1) {
+            None => Duration::ZERO,
+            Some(backoff_step) => rules.backoff.delay(backoff_step, jitter),
+        };
+        Next::Restart { delay, attempt }
     }
 }
 
@@ -177,7 +186,26 @@ mod tests {
                 delay_of(&tracker.after_death(&rules, DeathCause::Crash, None, at, 1.0))
             })
             .collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000].map(Duration::from_millis));
+        assert_eq!(delays, [0, 500, 1000, 2000].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn the_first_failure_in_the_window_restarts_at_once_whatever_came_before() {
+        let rules = rules(RestartPolicy::Permanent);
+        let mut tracker = RestartTracker::default();
+        let start = Instant::now();
+        tracker.after_death(&rules, DeathCause::Crash, None, start, 1.0);
+        let second = tracker.after_death(&rules, DeathCause::Crash, None, start, 1.0);
+        assert_eq!(delay_of(&second), Duration::from_millis(500));
+        let after_a_quiet_window = start + Duration::from_secs(61);
+        let next = tracker.after_death(&rules, DeathCause::Crash, None, after_a_quiet_window, 1.0);
+        assert_eq!(
+            next,
+            Next::Restart {
+                delay: Duration::ZERO,
+                attempt: 0
+            }
+        );
     }
 
     #[test]
@@ -194,7 +222,9 @@ mod tests {
             now,
             1.0,
         );
-        assert_eq!(delay_of(&next), Duration::from_millis(500));
+        assert_eq!(delay_of(&next), Duration::ZERO);
+        let crash_right_after = tracker.after_death(&rules, DeathCause::Crash, None, now, 1.0);
+        assert_eq!(delay_of(&crash_right_after), Duration::from_millis(500));
     }
 
     #[test]
@@ -248,7 +278,7 @@ mod tests {
             much_later,
             1.0,
         );
-        assert_eq!(delay_of(&recovered), Duration::from_millis(500));
+        assert_eq!(delay_of(&recovered), Duration::ZERO);
     }
 
     #[test]
