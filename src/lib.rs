@@ -26,7 +26,9 @@
 //! worker, learn of its exit"). The default launcher forks from one long-lived thread, puts
 //! each worker in its own process group, and sets a parent-death signal; the orphan warden (a
 //! tiny `mnemosyne __warden` process) kills every worker's group if the supervisor itself is
-//! killed. The worker package is embedded in the binary and unpacked into a cache directory
+//! killed. A worker's exit is learnt without reaping it (a pidfd, then `waitid` with
+//! `WNOWAIT`); the actor SIGKILLs what is left of the group and only then reaps, so a group is
+//! never signalled after its id could have been reused. The worker package is embedded in the binary and unpacked into a cache directory
 //! that goes on the worker's `PYTHONPATH`, so users never set it and versions always match.
 //!
 //! **Restarts.** When a worker dies, [`supervisor::RestartTracker`] decides: restart after an

@@ -1,7 +1,6 @@
 //! The live link to one worker process: a writer task for its stdin, a reader task that frames
 //! and classifies its stdout, a stderr drain, and its exit.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
-use crate::process::{ExitStatus, LaunchedWorker, LogTail, ProcessGroup, drain_stderr};
+use crate::process::{ExitStatus, ExitWatch, LaunchedWorker, LogTail, ProcessGroup, drain_stderr};
 use crate::protocol::{Inbound, LineCodec, LineError, WorkerMessage, classify};
 
 /// Lines read ahead of the agent; beyond this the reader stops reading and the worker's writes
@@ -36,7 +35,8 @@ pub(crate) struct Connection {
     outbox: Option<mpsc::UnboundedSender<Vec<u8>>>,
     inbox: mpsc::Receiver<ConnEvent>,
     inbox_open: bool,
-    exit: Option<Pin<Box<dyn Future<Output = ExitStatus> + Send>>>,
+    exit: ExitWatch,
+    exit_reported: bool,
     stderr_drain: JoinHandle<()>,
 }
 
@@ -82,7 +82,8 @@ impl Connection {
             outbox: Some(outbox),
             inbox,
             inbox_open: true,
-            exit: Some(exit),
+            exit,
+            exit_reported: false,
             stderr_drain,
         }
     }
@@ -99,25 +100,30 @@ impl Connection {
     }
 
     /// The next thing that happens on this connection. Cancel-safe.
+    ///
+    /// The exit comes first, so a worker flooding its stdout cannot hide its own death; the
+    /// lines it wrote before exiting are still read afterwards ([`Connection::remaining_events`]),
+    /// so a response written just before a crash still counts. The exit is reported once; the
+    /// worker stays an unreaped zombie until [`Connection::reap`].
     pub async fn next(&mut self) -> ConnEvent {
         enum Got {
             Line(Option<ConnEvent>),
             Exit(ExitStatus),
         }
-        let exit_slot = &mut self.exit;
+        let exit_reported = self.exit_reported;
+        let exit_watch = &mut self.exit;
         let exit = async move {
-            match exit_slot.as_mut() {
-                Some(exit) => exit.await,
-                None => std::future::pending().await,
+            if exit_reported {
+                std::future::pending().await
+            } else {
+                exit_watch.exited().await
             }
         };
         let inbox = &mut self.inbox;
         let got = tokio::select! {
             biased;
-            // Lines the worker wrote before exiting are read first, so a response written just
-            // before a crash still counts.
-            event = inbox.recv(), if self.inbox_open => Got::Line(event),
             status = exit => Got::Exit(status),
+            event = inbox.recv(), if self.inbox_open => Got::Line(event),
         };
         match got {
             Got::Line(Some(event)) => event,
@@ -126,10 +132,16 @@ impl Connection {
                 ConnEvent::StdoutClosed
             }
             Got::Exit(status) => {
-                self.exit = None;
+                self.exit_reported = true;
                 ConnEvent::Exited(status)
             }
         }
+    }
+
+    /// Reaps the exited worker, after its group has been signalled: until now its pid kept the
+    /// group id from being reused.
+    pub fn reap(&mut self) {
+        self.exit.reap();
     }
 
     /// After the worker has exited: the events still buffered, waiting at most `grace` for the

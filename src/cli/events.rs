@@ -76,7 +76,12 @@ pub fn summarize(event: &Value) -> String {
             }
             line
         }
-        "protocol_noise" => format!("protocol noise ({}): {}", text("kind"), text("detail")),
+        "protocol_noise" => format!(
+            "protocol noise ({}, {} since the last report): {}",
+            text("kind"),
+            number("count"),
+            text("detail")
+        ),
         "job_quarantined" => format!(
             "job {} quarantined after {} deliveries",
             text("job"),

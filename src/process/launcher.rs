@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -12,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::environment::WorkerEnvironment;
-use super::group::{ExitStatus, ProcessGroup};
+use super::exit::ExitWatch;
+use super::group::ProcessGroup;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -24,15 +26,16 @@ pub struct LaunchSpec {
     pub cwd: Option<PathBuf>,
 }
 
-/// A started worker: its pipes, its process group, and a future that resolves once it has
-/// exited and been reaped.
+/// A started worker: its pipes, its process group, and the watch on its exit (which reports
+/// the exit without reaping, so the group can still be signalled safely, and kills and reaps
+/// the worker if dropped).
 pub struct LaunchedWorker {
     pub pid: u32,
     pub group: ProcessGroup,
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
     pub stdout: Pin<Box<dyn AsyncRead + Send>>,
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
-    pub exit: Pin<Box<dyn Future<Output = ExitStatus> + Send>>,
+    pub exit: ExitWatch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +114,9 @@ impl Launcher for LocalLauncher {
 }
 
 fn spawn_child(spec: LaunchSpec) -> Result<LaunchedWorker, SpawnError> {
-    let mut command = tokio::process::Command::new(&spec.program);
+    // A std command, not tokio's: tokio would reap the child itself, and the agent must reap
+    // only after it has signalled the group (see `ExitWatch`).
+    let mut command = std::process::Command::new(&spec.program);
     command
         .args(&spec.args)
         .env_clear()
@@ -119,9 +124,7 @@ fn spawn_child(spec: LaunchSpec) -> Result<LaunchedWorker, SpawnError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        // The agent reaps its worker itself; a dropped handle must not leave a zombie behind.
-        .kill_on_drop(true);
+        .process_group(0);
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
@@ -139,34 +142,43 @@ fn spawn_child(spec: LaunchSpec) -> Result<LaunchedWorker, SpawnError> {
             Ok(())
         });
     }
+    let program = spec.program.clone();
     let mut child = command.spawn().map_err(|source| {
-        let program = spec.program.clone();
+        let program = program.clone();
         if source.kind() == io::ErrorKind::NotFound {
             SpawnError::ProgramNotFound { program, source }
         } else {
             SpawnError::Io { program, source }
         }
     })?;
-    let pid = child.id().expect("a child that was just spawned has a pid");
-    let stdin = child.stdin.take().expect("stdin was piped");
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let stderr = child.stderr.take().expect("stderr was piped");
-    let exit = async move {
-        match child.wait().await {
-            Ok(status) => ExitStatus::from_std(status),
-            // Waiting only fails if the child was already reaped elsewhere, which nothing does.
-            Err(error) => {
-                tracing::error!(%error, "waiting for a worker failed");
-                ExitStatus::Code { code: -1 }
-            }
+    let pid = child.id();
+    let io_error = |source| SpawnError::Io {
+        program: program.clone(),
+        source,
+    };
+    // The watch first: from here on, any early return drops it, which kills and reaps.
+    let exit = match ExitWatch::new(pid) {
+        Ok(exit) => exit,
+        Err(source) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io_error(source));
         }
     };
+    let stdin = tokio::process::ChildStdin::from_std(child.stdin.take().expect("stdin was piped"))
+        .map_err(io_error)?;
+    let stdout =
+        tokio::process::ChildStdout::from_std(child.stdout.take().expect("stdout was piped"))
+            .map_err(io_error)?;
+    let stderr =
+        tokio::process::ChildStderr::from_std(child.stderr.take().expect("stderr was piped"))
+            .map_err(io_error)?;
     Ok(LaunchedWorker {
         pid,
         group: ProcessGroup(pid as i32),
         stdin: Box::pin(stdin),
         stdout: Box::pin(stdout),
         stderr: Box::pin(stderr),
-        exit: Box::pin(exit),
+        exit,
     })
 }

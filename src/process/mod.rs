@@ -2,6 +2,8 @@
 //! and the embedded Python package.
 
 mod environment;
+pub mod escalation;
+mod exit;
 mod group;
 mod launcher;
 mod python_package;
@@ -9,6 +11,7 @@ mod stderr;
 mod warden;
 
 pub use environment::{ENV_ALLOWLIST, WorkerEnvironment};
+pub use exit::ExitWatch;
 pub use group::{ExitStatus, ProcessGroup};
 pub use launcher::{LaunchFuture, LaunchSpec, LaunchedWorker, Launcher, LocalLauncher, SpawnError};
 pub use python_package::{PackageError, unpack_embedded_package};

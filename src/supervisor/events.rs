@@ -38,9 +38,13 @@ pub enum EventKind {
         pid: u32,
     },
     WorkerExited(Box<CrashReport>),
+    /// Stray lines or unknown message types from a worker, merged: `count` of them since the
+    /// previous such event for the agent (at most one a second), `kind` and `detail` of the
+    /// latest.
     ProtocolNoise {
         kind: String,
         detail: String,
+        count: u64,
     },
     JobQuarantined {
         job: String,

@@ -420,6 +420,7 @@ async fn a_reader_that_falls_behind_is_told_what_it_missed_and_holds_nothing_up(
             EventKind::ProtocolNoise {
                 kind: "flood".into(),
                 detail: format!("{n} {}", "x".repeat(1000)),
+                count: 1,
             },
         );
         last = event.seq;

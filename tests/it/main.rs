@@ -4,6 +4,7 @@ mod anthropic;
 mod common;
 mod control;
 mod fake_api;
+mod flood;
 mod hangs;
 mod lifecycle;
 mod orphans;

@@ -135,3 +135,35 @@ fn children_of(parent: u32) -> Vec<u32> {
     }
     children
 }
+
+#[tokio::test]
+async fn a_dead_workers_grandchild_is_killed_and_the_worker_reaped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pids = dir.path().join("pids");
+    let pids_arg = pids.display().to_string();
+    let mut running = Running::start(&fixture_config(
+        "exit_leaving_grandchild.py",
+        &["--pids", &pids_arg],
+    ));
+    let report = running.crash_report().await;
+    let text = std::fs::read_to_string(&pids).expect("the worker wrote its pids");
+    let first: Vec<u32> = text
+        .lines()
+        .next()
+        .expect("a line")
+        .split_whitespace()
+        .map(|pid| pid.parse().expect("a pid"))
+        .collect();
+    let (worker, grandchild) = (first[0], first[1]);
+    assert_eq!(report.pid, worker);
+    // The crash report goes out after the reap: no zombie is left.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{worker}")).exists(),
+        "worker {worker} was not reaped"
+    );
+    assert!(
+        gone_within(grandchild, LIMIT).await,
+        "grandchild {grandchild} outlived its worker"
+    );
+    running.stop().await;
+}
