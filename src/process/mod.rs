@@ -1,10 +1,11 @@
 //! Worker processes: launching, process groups and signals, stderr capture, the orphan warden,
-//! and the embedded Python package.
+//! the embedded Python package, and the sandbox for the executor's commands.
 
 mod environment;
 mod group;
 mod launcher;
 mod python_package;
+pub mod sandbox;
 mod stderr;
 mod warden;
 
