@@ -51,7 +51,9 @@ pub enum SandboxProbe {
 /// Whether the executor's commands run, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandMode {
-    Sandboxed { bwrap: PathBuf },
+    Sandboxed {
+        bwrap: PathBuf,
+    },
     /// No sandbox, and the config does not allow commands without one.
     Refused,
     /// No sandbox, and the config allows commands without one.
@@ -236,13 +238,15 @@ impl ExecutorSetup {
 }
 
 /// For `supervise`: probes, says at start what the executor's commands will do, and puts the
-/// `[executor]` settings into `env`.
+/// `[executor]` settings into `env`. bwrap is looked up on the workers' `PATH`, which is where
+/// they would look for it too.
 pub async fn prepare_executor(
     env: &mut WorkerEnvironment,
     config: &ExecutorConfig,
     state_dir: &Path,
 ) -> ExecutorSetup {
-    let probe = probe_sandbox(std::env::var_os("PATH").as_deref()).await;
+    let path_var = env.get("PATH").cloned();
+    let probe = probe_sandbox(path_var.as_deref()).await;
     let mode = CommandMode::decide(&probe, config.allow_unsandboxed_commands);
     match (&probe, &mode) {
         (SandboxProbe::Available { bwrap }, _) => {
@@ -320,7 +324,8 @@ mod tests {
     }
 
     fn value(env: &WorkerEnvironment, key: &str) -> Option<String> {
-        env.get(key).map(|value| value.to_string_lossy().into_owned())
+        env.get(key)
+            .map(|value| value.to_string_lossy().into_owned())
     }
 
     #[test]
