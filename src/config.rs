@@ -47,6 +47,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub plans: PlansConfig,
     pub provider: ProviderConfig,
+    pub executor: ExecutorConfig,
     pub agents: BTreeMap<Role, AgentConfig>,
 }
 
@@ -56,6 +57,7 @@ impl Default for Config {
             supervisor: SupervisorConfig::default(),
             plans: PlansConfig::default(),
             provider: ProviderConfig::default(),
+            executor: ExecutorConfig::default(),
             agents: Role::ALL
                 .into_iter()
                 .map(|role| (role, AgentConfig::default()))
@@ -249,6 +251,72 @@ fn provider_problem(provider: &ProviderConfig) -> Option<Problem> {
     }
     if provider.request_timeout < Duration::from_secs(1) {
         return problem("request_timeout", "must be at least 1s");
+    }
+    None
+}
+
+/// The `[executor]` table: where the executor works and what its tools may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// The directory holding one workspace per plan. `None` means `<state-dir>/workspaces`;
+    /// a relative path is taken relative to the supervisor's working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_dir: Option<PathBuf>,
+    /// Skill directories searched before the global `~/.mnemosyne/skills`, in this order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skill_dirs: Vec<PathBuf>,
+    /// Model turns one execution may spend calling tools.
+    pub max_tool_turns: u32,
+    /// Run the model's shell commands without a sandbox when none can be made. Off, commands
+    /// are then refused: unsandboxed, a command can read the API key from `/proc`.
+    pub allow_unsandboxed_commands: bool,
+}
+
+/// Upper bound on `executor.max_tool_turns`: every turn resends the whole conversation.
+pub const MAX_TOOL_TURNS: u32 = 1000;
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            workspace_dir: None,
+            skill_dirs: Vec::new(),
+            max_tool_turns: 16,
+            allow_unsandboxed_commands: false,
+        }
+    }
+}
+
+fn executor_problem(executor: &ExecutorConfig) -> Option<Problem> {
+    let problem = |name: &str, message: &str| Some(Problem::new(&["executor", name], message));
+    if executor
+        .workspace_dir
+        .as_ref()
+        .is_some_and(|dir| dir.as_os_str().is_empty())
+    {
+        return problem(
+            "workspace_dir",
+            "must not be empty; leave it out to use <state-dir>/workspaces",
+        );
+    }
+    for dir in &executor.skill_dirs {
+        let text = dir.as_os_str().as_encoded_bytes();
+        if text.is_empty() {
+            return problem("skill_dirs", "must not contain an empty path");
+        }
+        // Workers receive the list joined with ':', as PATH is.
+        if text.contains(&b':') {
+            return problem(
+                "skill_dirs",
+                &format!("{}: a path must not contain ':'", dir.display()),
+            );
+        }
+    }
+    if !(1..=MAX_TOOL_TURNS).contains(&executor.max_tool_turns) {
+        return problem(
+            "max_tool_turns",
+            &format!("must be between 1 and {MAX_TOOL_TURNS}"),
+        );
     }
     None
 }
@@ -535,6 +603,7 @@ impl Config {
         supervisor_problem(&self.supervisor)
             .or_else(|| plans_problem(&self.plans))
             .or_else(|| provider_problem(&self.provider))
+            .or_else(|| executor_problem(&self.executor))
             .or_else(|| {
                 self.agents
                     .iter()
@@ -916,6 +985,10 @@ mod tests {
             "model",
             "max_tokens",
             "sdk_max_retries",
+            "workspace_dir",
+            "skill_dirs",
+            "max_tool_turns",
+            "allow_unsandboxed_commands",
         ];
         for key in keys {
             assert!(
@@ -1311,6 +1384,80 @@ restart = "temporary"
             "agents.executor.env.A",
             Some(2),
             "value must not contain NUL",
+        );
+    }
+
+    #[test]
+    fn the_executor_table_sets_workspace_skills_turns_and_the_unsandboxed_switch() {
+        let config = parse_ok(
+            "[executor]\nworkspace_dir = \"/srv/ws\"\nskill_dirs = [\"./skills\", \"/opt/skills\"]\n\
+             max_tool_turns = 40\nallow_unsandboxed_commands = true\n",
+        );
+        assert_eq!(
+            config.executor,
+            ExecutorConfig {
+                workspace_dir: Some(PathBuf::from("/srv/ws")),
+                skill_dirs: vec![PathBuf::from("./skills"), PathBuf::from("/opt/skills")],
+                max_tool_turns: 40,
+                allow_unsandboxed_commands: true,
+            }
+        );
+        let text = toml::to_string(&config).expect("a config always serializes to toml");
+        assert_eq!(parse_ok(&text), config, "round trip through:\n{text}");
+    }
+
+    #[test]
+    fn executor_defaults_keep_commands_sandboxed_and_workspaces_in_the_state_dir() {
+        let executor = ExecutorConfig::default();
+        assert_eq!(executor.workspace_dir, None);
+        assert!(executor.skill_dirs.is_empty());
+        assert_eq!(executor.max_tool_turns, 16);
+        assert!(!executor.allow_unsandboxed_commands);
+    }
+
+    #[test]
+    fn bad_executor_values_are_named_with_their_key_and_line() {
+        assert_invalid(
+            "[executor]\nskill_dirs = []\nmax_tool_turns = 0\n",
+            "executor.max_tool_turns",
+            Some(3),
+            "between 1 and 1000",
+        );
+        assert_invalid(
+            "[executor]\nmax_tool_turns = 1001\n",
+            "executor.max_tool_turns",
+            Some(2),
+            "between 1 and 1000",
+        );
+        assert_invalid(
+            "[executor]\n\nworkspace_dir = \"\"\n",
+            "executor.workspace_dir",
+            Some(3),
+            "must not be empty",
+        );
+        assert_invalid(
+            "[executor]\nskill_dirs = [\"a\", \"\"]\n",
+            "executor.skill_dirs",
+            Some(2),
+            "empty path",
+        );
+        assert_invalid(
+            "[executor]\nskill_dirs = [\"/a:/b\"]\n",
+            "executor.skill_dirs",
+            Some(2),
+            "must not contain ':'",
+        );
+        assert_parse_error(
+            "[executor]\nallow_unsandboxed_commands = \"yes\"\n",
+            2,
+            30,
+            "executor.allow_unsandboxed_commands: invalid type: string \"yes\"",
+        );
+        assert_parse_error(
+            "[executor]\nmax_tool_turn = 3\n",
+            2,
+            1,
+            "unknown field `max_tool_turn`",
         );
     }
 

@@ -64,6 +64,12 @@ pub async fn run(
         &args.config,
     );
     let state_dir = StateDir::lock(&args.state_dir).map_err(|error| UsageError(error.into()))?;
+    crate::process::sandbox::prepare_executor(
+        &mut args.options.base_env,
+        &args.config.executor,
+        state_dir.path(),
+    )
+    .await;
     let journal_settings = JournalSettings {
         retain_finished: args.config.plans.journal_retain,
         ..JournalSettings::default()

@@ -1,5 +1,5 @@
 //! Worker processes: launching, process groups and signals, stderr capture, the orphan warden,
-//! and the embedded Python package.
+//! the embedded Python package, and the sandbox for the executor's commands.
 
 mod environment;
 pub mod escalation;
@@ -7,6 +7,7 @@ mod exit;
 mod group;
 mod launcher;
 mod python_package;
+pub mod sandbox;
 mod stderr;
 mod warden;
 

@@ -11,5 +11,6 @@ mod orphans;
 mod plans;
 mod protocol_faults;
 mod restarts;
+mod sandbox;
 mod scale;
 mod supervise_cli;

@@ -6,8 +6,9 @@ and 10 % for general knowledge. Unlike the older optimizer, which asked a model 
 allocation and then ignored the answer, this is plain arithmetic, and deterministic.
 
 Skills are markdown documents in skill directories: those `MNEMOSYNE_SKILL_DIRS` lists
-(`os.pathsep`-separated, project-local, preferred in the order given), then the global
-`~/.mnemosyne/skills`. A document's relevance to a task is the overlap of words between the
+(`os.pathsep`-separated, project-local, preferred in the order given; the supervisor sets it
+from `[executor] skill_dirs`, as one exported in a shell never reaches a worker), then the
+global `~/.mnemosyne/skills`. A document's relevance to a task is the overlap of words between the
 task (its prompt and tech stack) and the skill: its headline vocabulary (name, title, file
 name, front-matter keywords, tags and description) weighs most, its body less. Documents below
 `RELEVANCE_THRESHOLD` are dropped; of the rest at most `MAX_SKILLS` are chosen, best first,

@@ -6,6 +6,9 @@ block with a `tool_result` block. Whatever goes wrong in a tool (a path outside 
 an edit that does not match, a missing file, bad input, even a bug) goes back to the model as
 a result with `is_error: true`, which it can read and act on; it never fails the request.
 
+Commands run in a sandbox that sees the workspace and the system's directories only, or not at
+all (`mnemosyne.agents.sandbox` says which, from the environment the supervisor set).
+
 The toolbox also keeps the artifacts of the execution: every file created or edited (once, in
 the order first touched) and every command run, with its exit code. The reviewer reads those
 files and judges those commands, so a file changed only through a shell command is not listed.
@@ -17,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mnemosyne.agents import command, workspace
+from mnemosyne.agents import command, sandbox, workspace
 from mnemosyne.agents.workspace import Workspace, WorkspaceError
 from mnemosyne.providers.base import ContentBlock, tool_result_block
 
@@ -115,6 +118,7 @@ class Toolbox:
         self.workspace = workspace
         # The environment commands inherit from, filtered by `command.command_env`.
         self._environ = dict(environ)
+        self._policy = sandbox.command_policy(environ)
         self._files: dict[str, None] = {}
         self._commands: list[dict[str, Any]] = []
 
@@ -192,8 +196,12 @@ class Toolbox:
             raise ToolInputError(
                 f"timeout_s must be a number above 0 and at most {command.MAX_TIMEOUT_S:g}"
             )
+        if self._policy.refusal is not None:
+            return ToolOutcome(self._policy.refusal, is_error=True)
         cwd = await asyncio.to_thread(self.workspace.ensure)
-        result = await command.run_command(text, cwd, float(timeout_s), self._environ)
+        result = await command.run_command(
+            text, cwd, float(timeout_s), self._environ, self._policy.sandbox
+        )
         self._commands.append(
             {
                 "kind": "command",

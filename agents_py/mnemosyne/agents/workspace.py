@@ -1,9 +1,11 @@
 """Per-plan workspaces: the one directory the executor's tools may touch, and its file tools.
 
-Each plan gets `$MNEMOSYNE_WORKSPACE_ROOT/<plan directory>` (default
-`<tempdir>/mnemosyne-workspaces`), created on first use, where the plan directory is the plan
-id made safe for a file name. The tasks of one plan share it, so a later task can build on an
-earlier one's files; the reviewer reads the same directory to inspect what was produced.
+Each plan gets `$MNEMOSYNE_WORKSPACE_ROOT/<plan directory>`, created on first use, where the
+plan directory is the plan id made safe for a file name. The supervisor always sets the root:
+`[executor] workspace_dir`, else `<state-dir>/workspaces` (src/process/sandbox.rs). A worker
+started without it, as in tests, falls back to `<tempdir>/mnemosyne-workspaces`. The tasks of
+one plan share it, so a later task can build on an earlier one's files; the reviewer reads the
+same directory to inspect what was produced.
 
 Every path a model gives is relative to the workspace and must stay inside it. Absolute paths
 and `..` that climbs out are refused by name; after that, the path is resolved with every
@@ -94,7 +96,7 @@ class Workspace:
     def ensure(self) -> Path:
         """Creates the workspace if needed; its real path.
 
-        The default root is in the shared temporary directory, where another user could have
+        The fallback root is in the shared temporary directory, where another user could have
         planted a directory or a link under the plan's name; a workspace that is not a real
         directory owned by this user is refused rather than written into.
         """

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from mnemosyne.agents import command
 from mnemosyne.agents.command import OUTPUT_LIMIT_BYTES, run_command
 
 DEADLINE_S = 5.0
@@ -112,3 +113,86 @@ def test_cancelling_the_request_kills_the_group(tmp_path):
         return int(pid_file.read_text())
 
     wait_gone(asyncio.run(scenario()))
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def _group_members(pgid):
+    members = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the state: the parent's pid, then the process group.
+        if int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def test_the_group_is_killed_while_the_shell_is_an_unreaped_zombie_then_reaped(
+    tmp_path, monkeypatch
+):
+    seen = []
+    kill_group = command._kill_group
+
+    def observing_kill_group(pgid):
+        # The shell has exited but must not be reaped yet: as a zombie it keeps its pid, the
+        # group's id, from being handed to another process.
+        seen.append(_state(pgid))
+        kill_group(pgid)
+
+    monkeypatch.setattr(command, "_kill_group", observing_kill_group)
+    result = run("sleep 1000 >/dev/null 2>&1 & echo $! $$", tmp_path)
+    grandchild, shell = map(int, result.stdout.split())
+    assert seen == ["Z"]
+    wait_gone(grandchild)
+    # Reaped: no longer our child, and nothing of the group is left alive (a grandchild may
+    # stay a zombie until whatever adopted it reaps it).
+    with pytest.raises(ChildProcessError):
+        os.waitpid(shell, os.WNOHANG)
+    assert all(_state(pid) == "Z" for pid in _group_members(shell))
+
+
+def test_a_timed_out_shell_is_killed_with_its_group_before_it_is_reaped(tmp_path, monkeypatch):
+    states = []
+    kill_group = command._kill_group
+
+    def observing_kill_group(pgid):
+        states.append(_state(pgid))
+        kill_group(pgid)
+
+    monkeypatch.setattr(command, "_kill_group", observing_kill_group)
+    result = run("sleep 1000 & echo $! $$; wait", tmp_path, timeout_s=0.3)
+    assert result.timed_out is True
+    grandchild, shell = map(int, result.stdout.split())
+    # First while the shell still runs (the timeout), then while it is a zombie.
+    assert states[0] != "Z" and states[-1] == "Z", states
+    wait_gone(grandchild)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(shell, os.WNOHANG)
+
+
+def test_without_pidfds_a_thread_waits_without_reaping_and_the_group_still_dies(
+    tmp_path, monkeypatch
+):
+    def no_pidfds(pid):
+        raise OSError(38, "Function not implemented")
+
+    states = []
+    kill_group = command._kill_group
+
+    def observing_kill_group(pgid):
+        states.append(_state(pgid))
+        kill_group(pgid)
+
+    monkeypatch.setattr(command.os, "pidfd_open", no_pidfds)
+    monkeypatch.setattr(command, "_kill_group", observing_kill_group)
+    result = run("sleep 1000 >/dev/null 2>&1 & echo $!; exit 5", tmp_path)
+    assert result.exit_code == 5
+    assert states == ["Z"]
+    wait_gone(int(result.stdout))

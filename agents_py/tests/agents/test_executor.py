@@ -2,7 +2,6 @@
 the tool loop."""
 
 import asyncio
-import os
 
 import pytest
 
@@ -20,6 +19,8 @@ from mnemosyne.agents.tools import TOOL_DEFINITIONS, Toolbox
 from mnemosyne.agents.workspace import Workspace
 from mnemosyne.providers.base import Completion, Message, Usage, text_block
 from mnemosyne.providers.offline import OfflineProvider, count_words
+
+from sandbox_support import command_environ
 
 PLAN = parse_plan(
     {
@@ -73,7 +74,7 @@ class ScriptedProvider:
 
 @pytest.fixture
 def toolbox(tmp_path):
-    return Toolbox(Workspace(tmp_path / "ws"), os.environ)
+    return Toolbox(Workspace(tmp_path / "ws"), command_environ())
 
 
 def test_the_prompt_carries_the_task_and_the_plans_fields_in_sections():

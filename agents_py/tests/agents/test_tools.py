@@ -1,17 +1,18 @@
 """Tests of mnemosyne.agents.tools: tool definitions, tool results, errors and artifacts."""
 
 import asyncio
-import os
 
 import pytest
 
 from mnemosyne.agents.tools import TOOL_DEFINITIONS, TOOL_NAMES, Toolbox
 from mnemosyne.agents.workspace import Workspace
 
+from sandbox_support import command_environ
+
 
 @pytest.fixture
 def toolbox(tmp_path):
-    return Toolbox(Workspace(tmp_path / "ws"), os.environ)
+    return Toolbox(Workspace(tmp_path / "ws"), command_environ())
 
 
 def call(toolbox, name, tool_input):
