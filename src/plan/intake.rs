@@ -411,8 +411,9 @@ fn parse(text: &[u8], position: Position) -> Parsed {
             .rposition(|&byte| byte == b'\n')
             .map_or(0, |newline| newline + 1);
         let column = valid.len() - line_start + 1;
+        let byte = text[error.valid_up_to()];
         return Parsed::One(Err(PlanError::new(format!(
-            "not valid UTF-8 ({})",
+            "not valid UTF-8: byte 0x{byte:02X} ({})",
             position.describe(line, column)
         ))));
     }
@@ -421,11 +422,11 @@ fn parse(text: &[u8], position: Position) -> Parsed {
     if text.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{') {
         let mut deserializer = serde_json::Deserializer::from_slice(text);
         let plan = serde_path_to_error::deserialize::<_, Plan>(&mut deserializer)
-            .map_err(|error| path_error(error, position))
+            .map_err(|error| path_error(error, text, position))
             .and_then(|plan| {
                 deserializer
                     .end()
-                    .map_err(|error| json_error(None, &error, position))?;
+                    .map_err(|error| json_error(None, &error, text, position))?;
                 Ok(plan)
             })
             .and_then(checked);
@@ -434,7 +435,7 @@ fn parse(text: &[u8], position: Position) -> Parsed {
     match serde_json::from_slice::<Value>(text) {
         Ok(Value::Array(values)) => Parsed::Many(values),
         Ok(other) => Parsed::One(Err(not_an_object(&other))),
-        Err(error) => Parsed::One(Err(json_error(None, &error, position))),
+        Err(error) => Parsed::One(Err(json_error(None, &error, text, position))),
     }
 }
 
@@ -443,7 +444,7 @@ fn plan_from_value(value: Value) -> Result<Plan, PlanError> {
         return Err(not_an_object(&value));
     }
     serde_path_to_error::deserialize::<_, Plan>(value)
-        .map_err(|error| path_error(error, Position::Column))
+        .map_err(|error| path_error(error, b"", Position::Column))
         .and_then(checked)
 }
 
@@ -466,6 +467,7 @@ fn not_an_object(value: &Value) -> PlanError {
 
 fn path_error(
     error: serde_path_to_error::Error<serde_json::Error>,
+    text: &[u8],
     position: Position,
 ) -> PlanError {
     let mut segments: Vec<&Segment> = error.path().iter().collect();
@@ -474,7 +476,7 @@ fn path_error(
     if error.inner().to_string().starts_with("unknown field `") {
         segments.pop();
     }
-    json_error(field_path(&segments), error.inner(), position)
+    json_error(field_path(&segments), error.inner(), text, position)
 }
 
 /// Writes a path as `tasks[2].depends_on`, the way `serde_path_to_error::Path` does.
@@ -493,25 +495,71 @@ fn field_path(segments: &[&Segment]) -> Option<String> {
 }
 
 /// Turns a serde_json error into a plan error. A syntax error gets its position (and no
-/// field); a data error gets its field path (and no position, which would only point past the
-/// offending value).
-fn json_error(field: Option<String>, error: &serde_json::Error, position: Position) -> PlanError {
+/// field), and a hint when `text` shows a cause serde_json does not name; a data error gets
+/// its field path (and no position, which would only point past the offending value).
+fn json_error(
+    field: Option<String>,
+    error: &serde_json::Error,
+    text: &[u8],
+    position: Position,
+) -> PlanError {
     // serde_json appends " at line L column C" to every message that has a position; on a
     // line of NDJSON "line 1" is wrong, so the suffix goes and the position is given anew.
-    let text = error.to_string();
+    let full = error.to_string();
     let suffix = format!(" at line {} column {}", error.line(), error.column());
-    let message = text.strip_suffix(&suffix).unwrap_or(&text);
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
     match error.classify() {
-        Category::Syntax | Category::Eof => PlanError::new(format!(
-            "not valid JSON: {message} ({})",
-            position.describe(error.line(), error.column())
-        )),
+        Category::Syntax | Category::Eof => {
+            let mut described = format!(
+                "not valid JSON: {message} ({})",
+                position.describe(error.line(), error.column())
+            );
+            if let Some(hint) = syntax_hint(text, error.line(), error.column()) {
+                described.push_str("; ");
+                described.push_str(&hint);
+            }
+            PlanError::new(described)
+        }
         Category::Data => PlanError {
             field,
             message: message.to_owned(),
         },
         Category::Io => PlanError::new(format!("reading the input failed: {message}")),
     }
+}
+
+/// What a reader would not guess from serde_json's message about the syntax error at `line`
+/// and `column` (both from 1) of `text`: a NaN or Infinity, a control character such as NUL,
+/// or a carriage return taken for a line end.
+fn syntax_hint(text: &[u8], line: usize, column: usize) -> Option<String> {
+    let line_text = text
+        .split(|&byte| byte == b'\n')
+        .nth(line.checked_sub(1)?)?;
+    let at = column.checked_sub(1)?;
+    let &byte = line_text.get(at)?;
+    if byte.is_ascii_control() && !byte.is_ascii_whitespace() {
+        return Some(format!("found the control character U+{byte:04X}"));
+    }
+    let in_word = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'+' | b'.');
+    let start = line_text[..at]
+        .iter()
+        .rposition(|byte| !in_word(byte))
+        .map_or(0, |before| before + 1);
+    let end = line_text[at..]
+        .iter()
+        .position(|byte| !in_word(byte))
+        .map_or(line_text.len(), |after| at + after);
+    let word = String::from_utf8_lossy(&line_text[start..end]).to_ascii_lowercase();
+    if matches!(
+        word.trim_start_matches(['-', '+']),
+        "nan" | "infinity" | "inf"
+    ) {
+        return Some("NaN and Infinity are not numbers in JSON".into());
+    }
+    if line_text[..at].contains(&b'\r') {
+        return Some("a carriage return alone does not end a line".into());
+    }
+    None
 }
 
 /// One line of input as the plan reader sees it.
@@ -969,9 +1017,46 @@ mod tests {
             read_all(input, LIMIT).await,
             [
                 ok("line 1", "a"),
-                err("line 2", "not valid UTF-8 (column 9)"),
+                err("line 2", "not valid UTF-8: byte 0xFF (column 9)"),
                 ok("line 3", "c"),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn syntax_errors_with_an_unobvious_cause_say_what_it_is() {
+        for (line, expected) in [
+            (
+                "{\"priority\": NaN}",
+                "not valid JSON: expected value (column 14); NaN and Infinity are not numbers in JSON",
+            ),
+            (
+                "{\"priority\": -Infinity}",
+                "not valid JSON: invalid number (column 15); NaN and Infinity are not numbers in JSON",
+            ),
+            (
+                "{\"priority\": nan}",
+                "not valid JSON: expected ident (column 15); NaN and Infinity are not numbers in JSON",
+            ),
+            (
+                "\u{0}{\"id\": \"a\"}",
+                "not valid JSON: expected value (column 1); found the control character U+0000",
+            ),
+            (
+                "{\"id\": \"a\"}\r{\"id\": \"b\"}",
+                "not valid JSON: trailing characters (column 13); a carriage return alone does not end a line",
+            ),
+            // Ordinary mistakes get no hint.
+            (
+                "{\"id\": nope}",
+                "not valid JSON: expected ident (column 9)",
+            ),
+        ] {
+            assert_eq!(only_error(&format!("{line}\n")).await, expected, "{line:?}");
+        }
+        assert_eq!(
+            only_error("{\n  \"priority\": Infinity\n}\n").await,
+            "not valid JSON: expected value (line 2, column 15); NaN and Infinity are not numbers in JSON"
         );
     }
 

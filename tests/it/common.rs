@@ -234,7 +234,7 @@ pub fn supervise_args(
 /// result lines.
 pub async fn supervise_in_process(
     args: mnemosyne::cli::supervise::SuperviseArgs,
-    input: String,
+    input: impl Into<Vec<u8>>,
     limit: Duration,
 ) -> (mnemosyne::cli::supervise::RunOutcome, Vec<Value>) {
     let (output, mut read_back) = tokio::io::duplex(1 << 20);
@@ -245,8 +245,7 @@ pub async fn supervise_in_process(
             .expect("output is UTF-8");
         text
     });
-    let run =
-        mnemosyne::cli::supervise::run(args, std::io::Cursor::new(input.into_bytes()), output);
+    let run = mnemosyne::cli::supervise::run(args, std::io::Cursor::new(input.into()), output);
     let outcome = tokio::time::timeout(limit, run)
         .await
         .expect("supervise finishes within the limit")

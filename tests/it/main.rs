@@ -5,6 +5,7 @@ mod common;
 mod control;
 mod fake_api;
 mod hangs;
+mod hostile_input;
 mod lifecycle;
 mod orphans;
 mod plans;
