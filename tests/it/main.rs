@@ -6,6 +6,7 @@ mod control;
 mod fake_api;
 mod hangs;
 mod hostile_input;
+mod leaks;
 mod lifecycle;
 mod orphans;
 mod plans;
