@@ -125,16 +125,31 @@ impl PlanError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             field: None,
-            message: message.into(),
+            message: bounded(message.into()),
         }
     }
 
     pub fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            field: Some(field.into()),
-            message: message.into(),
+            field: Some(bounded(field.into())),
+            message: bounded(message.into()),
         }
     }
+}
+
+/// The longest message or field path of a [`PlanError`], in characters.
+///
+/// serde's messages quote the offending value (`invalid type: string "..."`, `unknown field
+/// `...``) and a cycle lists its tasks, so without a bound one line of input could make a
+/// result line of the same size.
+pub const MAX_ERROR_CHARS: usize = 1000;
+
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 impl fmt::Display for PlanError {
@@ -520,9 +535,9 @@ fn json_error(
             }
             PlanError::new(described)
         }
-        Category::Data => PlanError {
-            field,
-            message: message.to_owned(),
+        Category::Data => match field {
+            Some(field) => PlanError::at(field, message),
+            None => PlanError::new(message),
         },
         Category::Io => PlanError::new(format!("reading the input failed: {message}")),
     }
@@ -1058,6 +1073,24 @@ mod tests {
             only_error("{\n  \"priority\": Infinity\n}\n").await,
             "not valid JSON: expected value (line 2, column 15); NaN and Infinity are not numbers in JSON"
         );
+    }
+
+    #[tokio::test]
+    async fn an_error_quoting_a_huge_value_is_cut_short() {
+        let huge = "v".repeat(100_000);
+        for line in [
+            format!("{{\"priority\": \"{huge}\"}}"),
+            format!("{{\"{huge}\": 1}}"),
+        ] {
+            let items = read_all(format!("{line}\n").as_bytes(), 1 << 20).await;
+            let error = items[0].1.clone().expect_err("an error");
+            assert!(
+                error.chars().count() <= 2 * MAX_ERROR_CHARS + 20,
+                "{}",
+                error.len()
+            );
+            assert!(error.ends_with('…'), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -7,6 +7,11 @@ use tokio_util::codec::Decoder;
 /// How many bytes of a stray or malformed line go into logs and errors.
 const PREVIEW_BYTES: usize = 200;
 
+/// The longest violation reason or unknown type name, in characters. serde_json quotes the
+/// offending value in its messages, and a type name is whatever the peer sent, so without a
+/// bound one line could put megabytes into a crash report or a log record.
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// Splits a stream into `\n`-terminated lines no longer than `max_line_bytes`.
 ///
 /// Unlike `LinesCodec` it yields raw bytes, so a stray line that is not UTF-8 is still
@@ -126,7 +131,7 @@ pub fn classify<M: DeserializeOwned>(line: &[u8], known_types: &[&str]) -> Inbou
         };
     }
     let violation = |reason: String| Inbound::Violation {
-        reason,
+        reason: bounded(reason),
         preview: preview(trimmed),
     };
     let tag: TypeTag<'_> = match serde_json::from_slice(trimmed) {
@@ -138,13 +143,21 @@ pub fn classify<M: DeserializeOwned>(line: &[u8], known_types: &[&str]) -> Inbou
     };
     if !known_types.contains(&kind.as_ref()) {
         return Inbound::Unknown {
-            kind: kind.into_owned(),
+            kind: bounded(kind.into_owned()),
         };
     }
     match serde_json::from_slice(trimmed) {
         Ok(message) => Inbound::Message(message),
         Err(error) => violation(format!("invalid `{kind}` message: {error}")),
     }
+}
+
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_REASON_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 fn preview(line: &[u8]) -> String {

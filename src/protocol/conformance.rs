@@ -124,6 +124,36 @@ fn stray_blank_and_unknown_lines_are_not_violations() {
 }
 
 #[test]
+fn reasons_and_type_names_quoting_huge_values_are_cut_short() {
+    let huge = "x".repeat(1_000_000);
+    let classify_worker =
+        |line: String| classify::<WorkerMessage>(line.as_bytes(), WorkerMessage::TYPES);
+    let Inbound::Violation { reason, preview } =
+        classify_worker(format!(r#"{{"type":"pong","nonce":"{huge}"}}"#))
+    else {
+        panic!("a string nonce is a violation");
+    };
+    assert!(
+        reason.starts_with("invalid `pong` message: invalid type: string"),
+        "{reason}"
+    );
+    assert!(
+        reason.chars().count() <= codec::MAX_REASON_CHARS + 1,
+        "{}",
+        reason.len()
+    );
+    assert!(preview.len() < 300, "{}", preview.len());
+    let Inbound::Unknown { kind } = classify_worker(format!(r#"{{"type":"{huge}"}}"#)) else {
+        panic!("an unknown type");
+    };
+    assert!(
+        kind.chars().count() <= codec::MAX_REASON_CHARS + 1,
+        "{}",
+        kind.len()
+    );
+}
+
+#[test]
 fn a_response_must_carry_exactly_one_of_result_and_error() {
     let decode = |line: &str| classify::<WorkerMessage>(line.as_bytes(), WorkerMessage::TYPES);
     let null_result = decode(r#"{"type":"response","id":"a","result":null}"#);
