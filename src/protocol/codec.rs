@@ -64,7 +64,9 @@ impl Decoder for LineCodec {
                 }
                 Ok(Some(line))
             }
-            None if buf.len() > self.max_line_bytes => {
+            // A line exactly at the limit may be followed by a `\r` whose `\n` has not
+            // arrived yet; that `\r` belongs to the line ending, not to the line.
+            None if buf.len() > self.max_line_bytes + usize::from(buf.last() == Some(&b'\r')) => {
                 // Failing here, before the newline arrives, keeps memory bounded by the limit.
                 buf.advance(buf.len());
                 self.scanned = 0;

@@ -198,6 +198,31 @@ fn the_codec_splits_lines_strips_crlf_and_reports_partial_lines_at_eof() {
     assert!(matches!(codec.decode_eof(&mut BytesMut::new()), Ok(None)));
 }
 
+/// Found by the property test of the codec: a line at the limit whose `\r` arrived in one
+/// read and its `\n` in the next was taken for a line over the limit.
+#[test]
+fn a_line_at_the_limit_ending_in_crlf_split_between_reads_is_accepted() {
+    let mut codec = LineCodec::new(4);
+    let mut buf = BytesMut::from(&b"abcd\r"[..]);
+    assert!(codec.decode(&mut buf).expect("no error yet").is_none());
+    buf.extend_from_slice(b"\nef\r");
+    assert_eq!(
+        &codec.decode(&mut buf).expect("a line").expect("a line")[..],
+        b"abcd"
+    );
+    assert!(codec.decode(&mut buf).expect("no error yet").is_none());
+    buf.extend_from_slice(b"x");
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(LineError::TooLong { limit: 4 }) | Ok(None)
+    ));
+    let mut buf = BytesMut::from(&b"abcd\rx"[..]);
+    assert!(matches!(
+        LineCodec::new(4).decode(&mut buf),
+        Err(LineError::TooLong { limit: 4 })
+    ));
+}
+
 #[test]
 fn the_codec_fails_an_oversize_line_before_its_newline_arrives() {
     let mut codec = LineCodec::new(8);

@@ -10,6 +10,7 @@ mod leaks;
 mod lifecycle;
 mod orphans;
 mod plans;
+mod properties;
 mod protocol_faults;
 mod restarts;
 mod scale;
