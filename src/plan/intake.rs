@@ -17,8 +17,12 @@
 //!   and the input stays NDJSON.
 //!
 //! A truncated NDJSON first line (`{"prompt": "ab` and no more) therefore looks like the start
-//! of a document, and the whole input becomes one error; later truncated lines are errors of
-//! their own line. An empty array yields no items.
+//! of a document. When that document does not parse, the first line holds more than an
+//! opening bracket, and the next non-blank line is a complete JSON value on its own, the input
+//! was NDJSON after all: the first line is an error of its own and the lines after it are read
+//! as NDJSON, so one cut-off line cannot take the whole batch down. Otherwise the whole input
+//! is one error. Later truncated lines are errors of their own line. An empty array yields no
+//! items.
 //!
 //! NDJSON is read one line per [`PlanReader::next`], so a caller that stops asking stops the
 //! reading: at most one read buffer and one line (bounded by `max_line_bytes`) are held.
@@ -194,7 +198,19 @@ pub struct PlanReader<R> {
 
 enum Input<R> {
     Lines(FramedRead<R, PlanLines>),
+    /// The rest of an input first taken for a document, read again as NDJSON.
+    Replay(FramedRead<std::io::Cursor<Vec<u8>>, PlanLines>),
     Finished,
+}
+
+impl<R: AsyncRead + Unpin> Input<R> {
+    async fn next_frame(&mut self) -> Option<io::Result<Frame>> {
+        match self {
+            Input::Lines(lines) => lines.next().await,
+            Input::Replay(lines) => lines.next().await,
+            Input::Finished => None,
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> PlanReader<R> {
@@ -228,10 +244,7 @@ impl<R: AsyncRead + Unpin> PlanReader<R> {
                     plan: plan_from_value(value),
                 });
             }
-            let Input::Lines(lines) = &mut self.input else {
-                return None;
-            };
-            let frame = match lines.next().await {
+            let frame = match self.input.next_frame().await {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     self.input = Input::Finished;
@@ -307,6 +320,30 @@ impl<R: AsyncRead + Unpin> PlanReader<R> {
             ));
         }
         match parse(&document, Position::LineAndColumn) {
+            Parsed::One(Err(error)) => {
+                // `document` is the blank lines, the first line and its newline, then the rest.
+                let rest_starts = self.lines_read - 1 + first_line.len() + 1;
+                let rest = &document[rest_starts.min(document.len())..];
+                if !ndjson_after_all(&first_line, rest) {
+                    return Some(InputItem {
+                        origin: Origin::Document,
+                        plan: Err(error),
+                    });
+                }
+                let rest = rest.to_vec();
+                self.input = Input::Replay(FramedRead::new(
+                    std::io::Cursor::new(rest),
+                    PlanLines::new(self.max_line_bytes),
+                ));
+                let origin = Origin::Line(self.lines_read);
+                match parse(&first_line, Position::Column) {
+                    Parsed::One(plan) => Some(InputItem { origin, plan }),
+                    Parsed::Many(values) => {
+                        self.queue(values, Some(self.lines_read));
+                        None
+                    }
+                }
+            }
             Parsed::One(plan) => Some(InputItem {
                 origin: Origin::Document,
                 plan,
@@ -385,6 +422,19 @@ fn check_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether an input that opened with `first_line` and does not parse as one document is
+/// NDJSON with a broken first line: that line holds more than an opening bracket (the first
+/// line of a pretty-printed document rarely does), and the next non-blank line is a complete
+/// JSON value on its own (a line inside a pretty-printed document rarely is).
+fn ndjson_after_all(first_line: &[u8], rest: &[u8]) -> bool {
+    let opener_only = matches!(first_line.trim_ascii(), b"{" | b"[");
+    let next = rest
+        .split(|&byte| byte == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .find(|line| !line.is_empty());
+    !opener_only && next.is_some_and(|line| serde_json::from_slice::<IgnoredAny>(line).is_ok())
 }
 
 /// Whether `line` is the start of a JSON value that it does not finish.
@@ -1091,6 +1141,33 @@ mod tests {
             );
             assert!(error.ends_with('…'), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_first_line_is_its_own_error_and_the_lines_after_it_still_count() {
+        let input = "\n{\"id\": \"cut\", \"prompt\": \"ab\n\n{\"id\": \"b\"}\nnot json\n[{\"id\": \"c\"}]\n";
+        assert_eq!(
+            read_all(input.as_bytes(), LIMIT).await,
+            [
+                err(
+                    "line 2",
+                    "not valid JSON: EOF while parsing a string (column 27)"
+                ),
+                ok("line 4", "b"),
+                err("line 5", "not valid JSON: expected ident (column 2)"),
+                ok("line 6, element 1", "c"),
+            ]
+        );
+        // A pretty-printed document with a mistake stays one document: its first line is a
+        // lone bracket, or the line after it is no complete value.
+        assert_eq!(
+            only_error("{\n\"id\": \"a\" \"b\"\n}\n").await,
+            "not valid JSON: expected `,` or `}` (line 2, column 11)"
+        );
+        assert_eq!(
+            only_error("{\"id\": \"a\",\n\"prompt\" \"x\"}\n").await,
+            "not valid JSON: expected `:` (line 2, column 10)"
+        );
     }
 
     #[tokio::test]

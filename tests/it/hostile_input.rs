@@ -307,3 +307,36 @@ async fn a_repeated_plan_id_runs_once_and_every_line_gets_a_result() {
         assert!(replayed || refused || ran, "{result:#}");
     }
 }
+
+/// A cut-off first line looks like the start of a pretty-printed document; it must not take
+/// the plans after it down with it.
+#[tokio::test]
+async fn a_truncated_first_line_loses_none_of_the_plans_after_it() {
+    let input = format!(
+        "{{\"id\": \"cut\", \"prompt\": \"ab\n{}\n{}\n",
+        valid_plan(1),
+        valid_plan(2)
+    );
+    let state = tempfile::tempdir().expect("state dir");
+    let (outcome, results) = supervise_in_process(
+        supervise_args(instant_config(), state.path()),
+        input,
+        LIMIT * 3,
+    )
+    .await;
+    assert_eq!(outcome, RunOutcome::SomeFailed);
+    assert_eq!(results.len(), 3, "{results:#?}");
+    for result in &results {
+        match result["line"].as_u64() {
+            Some(1) => {
+                assert_eq!(result["status"], "rejected", "{result:#}");
+                assert_eq!(
+                    result["errors"][0],
+                    "line 1: not valid JSON: EOF while parsing a string (column 27)"
+                );
+            }
+            Some(2 | 3) => assert_eq!(result["status"], "succeeded", "{result:#}"),
+            _ => panic!("unexpected {result:#}"),
+        }
+    }
+}
