@@ -205,8 +205,8 @@ proptest! {
     }
 
     /// Once the first line is a plan, the input is NDJSON: every item, good or bad, names a
-    /// line that exists and is not blank, in order, and no line yields more than one item
-    /// unless it holds an array.
+    /// line that exists and is not blank, in order; no line yields more than one item unless
+    /// it holds an array, and none yields nothing unless it is an empty array.
     #[test]
     fn every_rejection_names_a_line_of_the_input(lines in prop::collection::vec(jsonish_bytes(), 0..8)) {
         let mut input = b"{\"id\": \"first\"}\n".to_vec();
@@ -229,6 +229,15 @@ proptest! {
                 prop_assert!(line > last || line == 1 && last == 0, "two items for {origin}");
             }
             last = line;
+        }
+        // And no line is lost: each non-blank line has an item, unless it is an empty array.
+        for (index, text) in text_lines.iter().enumerate() {
+            let line = index + 1;
+            if text.trim_ascii().is_empty() || items.iter().any(|(origin, _)| origin.line() == Some(line)) {
+                continue;
+            }
+            let empty_array = serde_json::from_slice::<Vec<Value>>(text).is_ok_and(|v| v.is_empty());
+            prop_assert!(empty_array, "line {line} yielded nothing: {:?}", String::from_utf8_lossy(text));
         }
     }
 
