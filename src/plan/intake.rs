@@ -17,8 +17,12 @@
 //!   and the input stays NDJSON.
 //!
 //! A truncated NDJSON first line (`{"prompt": "ab` and no more) therefore looks like the start
-//! of a document, and the whole input becomes one error; later truncated lines are errors of
-//! their own line. An empty array yields no items.
+//! of a document. When that document does not parse, the first line holds more than an
+//! opening bracket, and the next non-blank line is a complete JSON value on its own, the input
+//! was NDJSON after all: the first line is an error of its own and the lines after it are read
+//! as NDJSON, so one cut-off line cannot take the whole batch down. Otherwise the whole input
+//! is one error. Later truncated lines are errors of their own line. An empty array yields no
+//! items.
 //!
 //! NDJSON is read one line per [`PlanReader::next`], so a caller that stops asking stops the
 //! reading: at most one read buffer and one line (bounded by `max_line_bytes`) are held.
@@ -125,16 +129,31 @@ impl PlanError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             field: None,
-            message: message.into(),
+            message: bounded(message.into()),
         }
     }
 
     pub fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            field: Some(field.into()),
-            message: message.into(),
+            field: Some(bounded(field.into())),
+            message: bounded(message.into()),
         }
     }
+}
+
+/// The longest message or field path of a [`PlanError`], in characters.
+///
+/// serde's messages quote the offending value (`invalid type: string "..."`, `unknown field
+/// `...``) and a cycle lists its tasks, so without a bound one line of input could make a
+/// result line of the same size.
+pub const MAX_ERROR_CHARS: usize = 1000;
+
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 impl fmt::Display for PlanError {
@@ -179,7 +198,19 @@ pub struct PlanReader<R> {
 
 enum Input<R> {
     Lines(FramedRead<R, PlanLines>),
+    /// The rest of an input first taken for a document, read again as NDJSON.
+    Replay(FramedRead<std::io::Cursor<Vec<u8>>, PlanLines>),
     Finished,
+}
+
+impl<R: AsyncRead + Unpin> Input<R> {
+    async fn next_frame(&mut self) -> Option<io::Result<Frame>> {
+        match self {
+            Input::Lines(lines) => lines.next().await,
+            Input::Replay(lines) => lines.next().await,
+            Input::Finished => None,
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> PlanReader<R> {
@@ -213,10 +244,7 @@ impl<R: AsyncRead + Unpin> PlanReader<R> {
                     plan: plan_from_value(value),
                 });
             }
-            let Input::Lines(lines) = &mut self.input else {
-                return None;
-            };
-            let frame = match lines.next().await {
+            let frame = match self.input.next_frame().await {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     self.input = Input::Finished;
@@ -292,6 +320,30 @@ impl<R: AsyncRead + Unpin> PlanReader<R> {
             ));
         }
         match parse(&document, Position::LineAndColumn) {
+            Parsed::One(Err(error)) => {
+                // `document` is the blank lines, the first line and its newline, then the rest.
+                let rest_starts = self.lines_read - 1 + first_line.len() + 1;
+                let rest = &document[rest_starts.min(document.len())..];
+                if !ndjson_after_all(&first_line, rest) {
+                    return Some(InputItem {
+                        origin: Origin::Document,
+                        plan: Err(error),
+                    });
+                }
+                let rest = rest.to_vec();
+                self.input = Input::Replay(FramedRead::new(
+                    std::io::Cursor::new(rest),
+                    PlanLines::new(self.max_line_bytes),
+                ));
+                let origin = Origin::Line(self.lines_read);
+                match parse(&first_line, Position::Column) {
+                    Parsed::One(plan) => Some(InputItem { origin, plan }),
+                    Parsed::Many(values) => {
+                        self.queue(values, Some(self.lines_read));
+                        None
+                    }
+                }
+            }
             Parsed::One(plan) => Some(InputItem {
                 origin: Origin::Document,
                 plan,
@@ -372,6 +424,19 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether an input that opened with `first_line` and does not parse as one document is
+/// NDJSON with a broken first line: that line holds more than an opening bracket (the first
+/// line of a pretty-printed document rarely does), and the next non-blank line is a complete
+/// JSON value on its own (a line inside a pretty-printed document rarely is).
+fn ndjson_after_all(first_line: &[u8], rest: &[u8]) -> bool {
+    let opener_only = matches!(first_line.trim_ascii(), b"{" | b"[");
+    let next = rest
+        .split(|&byte| byte == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .find(|line| !line.is_empty());
+    !opener_only && next.is_some_and(|line| serde_json::from_slice::<IgnoredAny>(line).is_ok())
+}
+
 /// Whether `line` is the start of a JSON value that it does not finish.
 fn opens_a_document(line: &[u8]) -> bool {
     matches!(
@@ -411,8 +476,9 @@ fn parse(text: &[u8], position: Position) -> Parsed {
             .rposition(|&byte| byte == b'\n')
             .map_or(0, |newline| newline + 1);
         let column = valid.len() - line_start + 1;
+        let byte = text[error.valid_up_to()];
         return Parsed::One(Err(PlanError::new(format!(
-            "not valid UTF-8 ({})",
+            "not valid UTF-8: byte 0x{byte:02X} ({})",
             position.describe(line, column)
         ))));
     }
@@ -421,11 +487,11 @@ fn parse(text: &[u8], position: Position) -> Parsed {
     if text.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{') {
         let mut deserializer = serde_json::Deserializer::from_slice(text);
         let plan = serde_path_to_error::deserialize::<_, Plan>(&mut deserializer)
-            .map_err(|error| path_error(error, position))
+            .map_err(|error| path_error(error, text, position))
             .and_then(|plan| {
                 deserializer
                     .end()
-                    .map_err(|error| json_error(None, &error, position))?;
+                    .map_err(|error| json_error(None, &error, text, position))?;
                 Ok(plan)
             })
             .and_then(checked);
@@ -434,7 +500,7 @@ fn parse(text: &[u8], position: Position) -> Parsed {
     match serde_json::from_slice::<Value>(text) {
         Ok(Value::Array(values)) => Parsed::Many(values),
         Ok(other) => Parsed::One(Err(not_an_object(&other))),
-        Err(error) => Parsed::One(Err(json_error(None, &error, position))),
+        Err(error) => Parsed::One(Err(json_error(None, &error, text, position))),
     }
 }
 
@@ -443,7 +509,7 @@ fn plan_from_value(value: Value) -> Result<Plan, PlanError> {
         return Err(not_an_object(&value));
     }
     serde_path_to_error::deserialize::<_, Plan>(value)
-        .map_err(|error| path_error(error, Position::Column))
+        .map_err(|error| path_error(error, b"", Position::Column))
         .and_then(checked)
 }
 
@@ -466,6 +532,7 @@ fn not_an_object(value: &Value) -> PlanError {
 
 fn path_error(
     error: serde_path_to_error::Error<serde_json::Error>,
+    text: &[u8],
     position: Position,
 ) -> PlanError {
     let mut segments: Vec<&Segment> = error.path().iter().collect();
@@ -474,7 +541,7 @@ fn path_error(
     if error.inner().to_string().starts_with("unknown field `") {
         segments.pop();
     }
-    json_error(field_path(&segments), error.inner(), position)
+    json_error(field_path(&segments), error.inner(), text, position)
 }
 
 /// Writes a path as `tasks[2].depends_on`, the way `serde_path_to_error::Path` does.
@@ -493,25 +560,71 @@ fn field_path(segments: &[&Segment]) -> Option<String> {
 }
 
 /// Turns a serde_json error into a plan error. A syntax error gets its position (and no
-/// field); a data error gets its field path (and no position, which would only point past the
-/// offending value).
-fn json_error(field: Option<String>, error: &serde_json::Error, position: Position) -> PlanError {
+/// field), and a hint when `text` shows a cause serde_json does not name; a data error gets
+/// its field path (and no position, which would only point past the offending value).
+fn json_error(
+    field: Option<String>,
+    error: &serde_json::Error,
+    text: &[u8],
+    position: Position,
+) -> PlanError {
     // serde_json appends " at line L column C" to every message that has a position; on a
     // line of NDJSON "line 1" is wrong, so the suffix goes and the position is given anew.
-    let text = error.to_string();
+    let full = error.to_string();
     let suffix = format!(" at line {} column {}", error.line(), error.column());
-    let message = text.strip_suffix(&suffix).unwrap_or(&text);
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
     match error.classify() {
-        Category::Syntax | Category::Eof => PlanError::new(format!(
-            "not valid JSON: {message} ({})",
-            position.describe(error.line(), error.column())
-        )),
-        Category::Data => PlanError {
-            field,
-            message: message.to_owned(),
+        Category::Syntax | Category::Eof => {
+            let mut described = format!(
+                "not valid JSON: {message} ({})",
+                position.describe(error.line(), error.column())
+            );
+            if let Some(hint) = syntax_hint(text, error.line(), error.column()) {
+                described.push_str("; ");
+                described.push_str(&hint);
+            }
+            PlanError::new(described)
+        }
+        Category::Data => match field {
+            Some(field) => PlanError::at(field, message),
+            None => PlanError::new(message),
         },
         Category::Io => PlanError::new(format!("reading the input failed: {message}")),
     }
+}
+
+/// What a reader would not guess from serde_json's message about the syntax error at `line`
+/// and `column` (both from 1) of `text`: a NaN or Infinity, a control character such as NUL,
+/// or a carriage return taken for a line end.
+fn syntax_hint(text: &[u8], line: usize, column: usize) -> Option<String> {
+    let line_text = text
+        .split(|&byte| byte == b'\n')
+        .nth(line.checked_sub(1)?)?;
+    let at = column.checked_sub(1)?;
+    let &byte = line_text.get(at)?;
+    if byte.is_ascii_control() && !byte.is_ascii_whitespace() {
+        return Some(format!("found the control character U+{byte:04X}"));
+    }
+    let in_word = |byte: &u8| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'+' | b'.');
+    let start = line_text[..at]
+        .iter()
+        .rposition(|byte| !in_word(byte))
+        .map_or(0, |before| before + 1);
+    let end = line_text[at..]
+        .iter()
+        .position(|byte| !in_word(byte))
+        .map_or(line_text.len(), |after| at + after);
+    let word = String::from_utf8_lossy(&line_text[start..end]).to_ascii_lowercase();
+    if matches!(
+        word.trim_start_matches(['-', '+']),
+        "nan" | "infinity" | "inf"
+    ) {
+        return Some("NaN and Infinity are not numbers in JSON".into());
+    }
+    if line_text[..at].contains(&b'\r') {
+        return Some("a carriage return alone does not end a line".into());
+    }
+    None
 }
 
 /// One line of input as the plan reader sees it.
@@ -969,9 +1082,91 @@ mod tests {
             read_all(input, LIMIT).await,
             [
                 ok("line 1", "a"),
-                err("line 2", "not valid UTF-8 (column 9)"),
+                err("line 2", "not valid UTF-8: byte 0xFF (column 9)"),
                 ok("line 3", "c"),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn syntax_errors_with_an_unobvious_cause_say_what_it_is() {
+        for (line, expected) in [
+            (
+                "{\"priority\": NaN}",
+                "not valid JSON: expected value (column 14); NaN and Infinity are not numbers in JSON",
+            ),
+            (
+                "{\"priority\": -Infinity}",
+                "not valid JSON: invalid number (column 15); NaN and Infinity are not numbers in JSON",
+            ),
+            (
+                "{\"priority\": nan}",
+                "not valid JSON: expected ident (column 15); NaN and Infinity are not numbers in JSON",
+            ),
+            (
+                "\u{0}{\"id\": \"a\"}",
+                "not valid JSON: expected value (column 1); found the control character U+0000",
+            ),
+            (
+                "{\"id\": \"a\"}\r{\"id\": \"b\"}",
+                "not valid JSON: trailing characters (column 13); a carriage return alone does not end a line",
+            ),
+            // Ordinary mistakes get no hint.
+            (
+                "{\"id\": nope}",
+                "not valid JSON: expected ident (column 9)",
+            ),
+        ] {
+            assert_eq!(only_error(&format!("{line}\n")).await, expected, "{line:?}");
+        }
+        assert_eq!(
+            only_error("{\n  \"priority\": Infinity\n}\n").await,
+            "not valid JSON: expected value (line 2, column 15); NaN and Infinity are not numbers in JSON"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_quoting_a_huge_value_is_cut_short() {
+        let huge = "v".repeat(100_000);
+        for line in [
+            format!("{{\"priority\": \"{huge}\"}}"),
+            format!("{{\"{huge}\": 1}}"),
+        ] {
+            let items = read_all(format!("{line}\n").as_bytes(), 1 << 20).await;
+            let error = items[0].1.clone().expect_err("an error");
+            assert!(
+                error.chars().count() <= 2 * MAX_ERROR_CHARS + 20,
+                "{}",
+                error.len()
+            );
+            assert!(error.ends_with('…'), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_first_line_is_its_own_error_and_the_lines_after_it_still_count() {
+        let input = "\n{\"id\": \"cut\", \"prompt\": \"ab\n\n{\"id\": \"b\"}\nnot json\n[{\"id\": \"c\"}]\n";
+        assert_eq!(
+            read_all(input.as_bytes(), LIMIT).await,
+            [
+                err(
+                    "line 2",
+                    "not valid JSON: EOF while parsing a string (column 27)"
+                ),
+                ok("line 4", "b"),
+                err("line 5", "not valid JSON: expected ident (column 2)"),
+                ok("line 6, element 1", "c"),
+            ]
+        );
+        // A pretty-printed document with a mistake stays one document: its first line is a
+        // lone bracket, or the line after it is no complete value.
+        assert_eq!(
+            only_error("{\n\"id\": \"a\" \"b\"\n}\n").await,
+            "not valid JSON: expected `,` or `}` (line 2, column 11)"
+        );
+        assert_eq!(
+            only_error("{\"id\": \"a\",\n\"prompt\" \"x\"}\n").await,
+            "not valid JSON: expected `:` (line 2, column 10)"
         );
     }
 

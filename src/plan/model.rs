@@ -78,8 +78,10 @@ impl Plan {
 }
 
 /// One task of a plan, given by the caller or made by the orchestrator.
+// `remote = "Self"` turns the derives into inherent functions, which the trait impls below
+// wrap so that a task is read only from a JSON object (see [`ObjectOnly`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct TaskSpec {
     pub id: String,
     pub prompt: String,
@@ -100,7 +102,7 @@ pub struct TaskSpec {
 
 /// Switches that change how a plan is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct PlanOptions {
     /// Whether validation sends a plan with vague requirements back with questions.
     #[serde(default = "default_challenge_vague_requirements")]
@@ -128,6 +130,91 @@ fn default_challenge_vague_requirements() -> bool {
 
 fn default_max_review_attempts() -> u32 {
     DEFAULT_MAX_REVIEW_ATTEMPTS
+}
+
+impl Serialize for TaskSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        TaskSpec::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        TaskSpec::deserialize(ObjectOnly::new(deserializer, "a task object"))
+    }
+}
+
+impl Serialize for PlanOptions {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PlanOptions::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PlanOptions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        PlanOptions::deserialize(ObjectOnly::new(deserializer, "an object of options"))
+    }
+}
+
+/// A deserializer that reads a struct only from a map (a JSON object).
+///
+/// serde's derived structs also accept a sequence of field values, so without it
+/// `"options": []` or `"tasks": [["a", "prompt"]]` would be taken for plans the schema forbids,
+/// and a wrong type would be reported as "expected struct TaskSpec".
+struct ObjectOnly<D> {
+    inner: D,
+    expecting: &'static str,
+}
+
+impl<D> ObjectOnly<D> {
+    fn new(inner: D, expecting: &'static str) -> Self {
+        Self { inner, expecting }
+    }
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.inner.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.inner.deserialize_map(MapVisitor {
+            inner: visitor,
+            expecting: self.expecting,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+/// Passes a map on to the struct's own visitor and refuses everything else, naming what a
+/// user would call the expected value.
+struct MapVisitor<V> {
+    inner: V,
+    expecting: &'static str,
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for MapVisitor<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.expecting)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.inner.visit_map(map)
+    }
 }
 
 /// A field that the input may give as one string or as a list of strings; it is always
@@ -267,6 +354,23 @@ impl<'de> Visitor<'de> for IntegerIn {
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<i128, E> {
         self.check(i128::from(value))
+    }
+
+    // JSON Schema counts `5.0` as an integer, and serde_json reads an integer too large for
+    // 64 bits as a float: both are judged by their value, so `1e30` is out of range rather
+    // than "a floating point".
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<i128, E> {
+        if value.fract() != 0.0 || !value.is_finite() {
+            return Err(E::invalid_type(de::Unexpected::Float(value), &self));
+        }
+        if value < self.start as f64 || value > self.end as f64 {
+            return Err(E::custom(format!(
+                "must be between {} and {}, got {value}",
+                self.start, self.end
+            )));
+        }
+        // Integral and within bounds that are themselves i128, so the cast is exact.
+        self.check(value as i128)
     }
 }
 
@@ -410,6 +514,61 @@ mod tests {
         }
         let plan: Plan = serde_json::from_value(json!({"priority": null})).expect("null is absent");
         assert_eq!(plan.priority(), DEFAULT_PRIORITY);
+    }
+
+    #[test]
+    fn tasks_and_options_are_read_only_from_objects() {
+        for (input, message) in [
+            (
+                json!({"options": []}),
+                "invalid type: sequence, expected an object of options",
+            ),
+            (
+                json!({"options": [false, 2]}),
+                "invalid type: sequence, expected an object of options",
+            ),
+            (
+                json!({"tasks": [42]}),
+                "invalid type: integer `42`, expected a task object",
+            ),
+            (
+                json!({"tasks": [["a", "prompt"]]}),
+                "invalid type: sequence, expected a task object",
+            ),
+        ] {
+            let error = serde_json::from_value::<Plan>(input.clone()).expect_err("not an object");
+            assert_eq!(error.to_string(), message, "{input}");
+            let text = input.to_string();
+            let error = serde_json::from_str::<Plan>(&text).expect_err("not an object");
+            assert!(error.to_string().starts_with(message), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn integral_numbers_are_judged_by_value_whatever_their_notation() {
+        let plan: Plan = serde_json::from_str(r#"{"priority": 7.0}"#).expect("7.0 is 7");
+        assert_eq!(plan.priority, Some(7));
+        for (text, message) in [
+            (
+                r#"{"priority": 99999999999999999999999999}"#,
+                "must be between 0 and 10, got 100000000000000000000000000",
+            ),
+            (
+                r#"{"priority": -9223372036854775809}"#,
+                "must be between 0 and 10, got -9223372036854776000",
+            ),
+            (
+                r#"{"options": {"max_review_attempts": 1e3}}"#,
+                "must be between 1 and 10, got 1000",
+            ),
+            (
+                r#"{"priority": 2.5}"#,
+                "invalid type: floating point `2.5`, expected an integer between 0 and 10",
+            ),
+        ] {
+            let error = serde_json::from_str::<Plan>(text).expect_err("rejected");
+            assert!(error.to_string().starts_with(message), "{text}: {error}");
+        }
     }
 
     #[test]

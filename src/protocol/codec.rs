@@ -7,6 +7,11 @@ use tokio_util::codec::Decoder;
 /// How many bytes of a stray or malformed line go into logs and errors.
 const PREVIEW_BYTES: usize = 200;
 
+/// The longest violation reason or unknown type name, in characters. serde_json quotes the
+/// offending value in its messages, and a type name is whatever the peer sent, so without a
+/// bound one line could put megabytes into a crash report or a log record.
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// Splits a stream into `\n`-terminated lines no longer than `max_line_bytes`.
 ///
 /// Unlike `LinesCodec` it yields raw bytes, so a stray line that is not UTF-8 is still
@@ -59,7 +64,9 @@ impl Decoder for LineCodec {
                 }
                 Ok(Some(line))
             }
-            None if buf.len() > self.max_line_bytes => {
+            // A line exactly at the limit may be followed by a `\r` whose `\n` has not
+            // arrived yet; that `\r` belongs to the line ending, not to the line.
+            None if buf.len() > self.max_line_bytes + usize::from(buf.last() == Some(&b'\r')) => {
                 // Failing here, before the newline arrives, keeps memory bounded by the limit.
                 buf.advance(buf.len());
                 self.scanned = 0;
@@ -126,7 +133,7 @@ pub fn classify<M: DeserializeOwned>(line: &[u8], known_types: &[&str]) -> Inbou
         };
     }
     let violation = |reason: String| Inbound::Violation {
-        reason,
+        reason: bounded(reason),
         preview: preview(trimmed),
     };
     let tag: TypeTag<'_> = match serde_json::from_slice(trimmed) {
@@ -138,13 +145,21 @@ pub fn classify<M: DeserializeOwned>(line: &[u8], known_types: &[&str]) -> Inbou
     };
     if !known_types.contains(&kind.as_ref()) {
         return Inbound::Unknown {
-            kind: kind.into_owned(),
+            kind: bounded(kind.into_owned()),
         };
     }
     match serde_json::from_slice(trimmed) {
         Ok(message) => Inbound::Message(message),
         Err(error) => violation(format!("invalid `{kind}` message: {error}")),
     }
+}
+
+fn bounded(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_REASON_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 fn preview(line: &[u8]) -> String {

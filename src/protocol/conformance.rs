@@ -124,6 +124,36 @@ fn stray_blank_and_unknown_lines_are_not_violations() {
 }
 
 #[test]
+fn reasons_and_type_names_quoting_huge_values_are_cut_short() {
+    let huge = "x".repeat(1_000_000);
+    let classify_worker =
+        |line: String| classify::<WorkerMessage>(line.as_bytes(), WorkerMessage::TYPES);
+    let Inbound::Violation { reason, preview } =
+        classify_worker(format!(r#"{{"type":"pong","nonce":"{huge}"}}"#))
+    else {
+        panic!("a string nonce is a violation");
+    };
+    assert!(
+        reason.starts_with("invalid `pong` message: invalid type: string"),
+        "{reason}"
+    );
+    assert!(
+        reason.chars().count() <= codec::MAX_REASON_CHARS + 1,
+        "{}",
+        reason.len()
+    );
+    assert!(preview.len() < 300, "{}", preview.len());
+    let Inbound::Unknown { kind } = classify_worker(format!(r#"{{"type":"{huge}"}}"#)) else {
+        panic!("an unknown type");
+    };
+    assert!(
+        kind.chars().count() <= codec::MAX_REASON_CHARS + 1,
+        "{}",
+        kind.len()
+    );
+}
+
+#[test]
 fn a_response_must_carry_exactly_one_of_result_and_error() {
     let decode = |line: &str| classify::<WorkerMessage>(line.as_bytes(), WorkerMessage::TYPES);
     let null_result = decode(r#"{"type":"response","id":"a","result":null}"#);
@@ -166,6 +196,31 @@ fn the_codec_splits_lines_strips_crlf_and_reports_partial_lines_at_eof() {
         Err(LineError::PartialLineAtEof { bytes: 3 })
     ));
     assert!(matches!(codec.decode_eof(&mut BytesMut::new()), Ok(None)));
+}
+
+/// Found by the property test of the codec: a line at the limit whose `\r` arrived in one
+/// read and its `\n` in the next was taken for a line over the limit.
+#[test]
+fn a_line_at_the_limit_ending_in_crlf_split_between_reads_is_accepted() {
+    let mut codec = LineCodec::new(4);
+    let mut buf = BytesMut::from(&b"abcd\r"[..]);
+    assert!(codec.decode(&mut buf).expect("no error yet").is_none());
+    buf.extend_from_slice(b"\nef\r");
+    assert_eq!(
+        &codec.decode(&mut buf).expect("a line").expect("a line")[..],
+        b"abcd"
+    );
+    assert!(codec.decode(&mut buf).expect("no error yet").is_none());
+    buf.extend_from_slice(b"x");
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(LineError::TooLong { limit: 4 }) | Ok(None)
+    ));
+    let mut buf = BytesMut::from(&b"abcd\rx"[..]);
+    assert!(matches!(
+        LineCodec::new(4).decode(&mut buf),
+        Err(LineError::TooLong { limit: 4 })
+    ));
 }
 
 #[test]

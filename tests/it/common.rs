@@ -234,7 +234,7 @@ pub fn supervise_args(
 /// result lines.
 pub async fn supervise_in_process(
     args: mnemosyne::cli::supervise::SuperviseArgs,
-    input: String,
+    input: impl Into<Vec<u8>>,
     limit: Duration,
 ) -> (mnemosyne::cli::supervise::RunOutcome, Vec<Value>) {
     let (output, mut read_back) = tokio::io::duplex(1 << 20);
@@ -245,8 +245,7 @@ pub async fn supervise_in_process(
             .expect("output is UTF-8");
         text
     });
-    let run =
-        mnemosyne::cli::supervise::run(args, std::io::Cursor::new(input.into_bytes()), output);
+    let run = mnemosyne::cli::supervise::run(args, std::io::Cursor::new(input.into()), output);
     let outcome = tokio::time::timeout(limit, run)
         .await
         .expect("supervise finishes within the limit")
@@ -257,4 +256,76 @@ pub async fn supervise_in_process(
         .map(|line| serde_json::from_str(line).expect("each result is JSON"))
         .collect();
     (outcome, results)
+}
+
+/// Kills a child process still running after a limit, so that a test blocked on its pipes
+/// (`read_line`, `read_to_string`) or on its exit gets an EOF or an exit instead of hanging.
+/// Dropping it disarms it.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn arm(child: &std::process::Child, limit: Duration) -> Self {
+        let pid = child.id();
+        let (disarm, armed) = std::sync::mpsc::channel::<()>();
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&fired);
+        std::thread::spawn(move || {
+            let timed_out = matches!(
+                armed.recv_timeout(limit),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            // Only while it is still our child: a reaped pid may belong to someone else.
+            if timed_out && parent_of(pid) == Some(std::process::id()) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!("watchdog: pid {pid} still running after {limit:?}; killing it");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        });
+        Self {
+            _disarm: disarm,
+            fired,
+        }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `child.wait()`, at most `limit`: past it the child is killed and the test fails.
+pub fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let watchdog = Watchdog::arm(child, limit);
+    let status = child.wait().expect("the child is waited for");
+    assert!(
+        !watchdog.fired(),
+        "pid {} did not exit within {limit:?}",
+        child.id()
+    );
+    status
+}
+
+/// `child.wait_with_output()`, at most `limit`.
+pub fn output_within(child: std::process::Child, limit: Duration) -> std::process::Output {
+    let pid = child.id();
+    let watchdog = Watchdog::arm(&child, limit);
+    let output = child.wait_with_output().expect("the child is waited for");
+    assert!(!watchdog.fired(), "pid {pid} did not exit within {limit:?}");
+    output
+}
+
+/// `command.output()`, at most `limit`. Unlike `output()` it leaves stdin as the command
+/// sets it (inherited if unset), so callers set it.
+pub fn run_within(command: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{command:?} starts: {error}"));
+    output_within(child, limit)
 }

@@ -708,12 +708,14 @@ print(checked)
 if problems:
     sys.exit("\n".join(problems))
 "#;
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(repo_root().join("protocol/control"))
-        .output()
-        .unwrap_or_else(|error| panic!("{python} runs: {error}"));
+    let output = run_within(
+        Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(repo_root().join("protocol/control"))
+            .stdin(Stdio::null()),
+        LIMIT,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("No module named 'jsonschema'"),
@@ -971,11 +973,11 @@ fn the_binary_lists_real_workers_and_counts_a_restart_after_a_sigkill() {
     kill(Pid::from_raw(supervise.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     drop(stdin);
     while results.next("the supervisor's exit").is_some() {}
-    let status = supervise.0.wait().expect("reaped");
+    let status = wait_within(&mut supervise.0, LIMIT);
     assert!(status.code().is_some(), "exited, not killed: {status:?}");
     assert!(!path.exists(), "a clean exit removes the socket");
     while events.next("the end of the event stream").is_some() {}
-    let follower_status = follower.0.wait().expect("reaped");
+    let follower_status = wait_within(&mut follower.0, LIMIT);
     let mut follower_said = Vec::new();
     while let Some(line) = follower_stderr.next("the follower's stderr") {
         follower_said.push(line);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common::repo_root;
+use crate::common::{LIMIT, Watchdog, repo_root};
 
 pub struct FakeApi {
     pub url: String,
@@ -27,9 +27,11 @@ impl FakeApi {
             .spawn()
             .expect("the fake API starts");
         let mut first = String::new();
+        let watchdog = Watchdog::arm(&child, LIMIT);
         BufReader::new(child.stdout.as_mut().expect("stdout"))
             .read_line(&mut first)
             .expect("it prints its URL");
+        drop(watchdog);
         let announced: Value = serde_json::from_str(&first).expect("the first line is JSON");
         let url = announced["url"].as_str().expect("url").to_owned();
         Self { url, child }
@@ -50,6 +52,9 @@ impl FakeApi {
     fn http(&self, method: &str, path: &str, body: &str) -> String {
         let address = self.url.trim_start_matches("http://").trim_end_matches('/');
         let mut stream = TcpStream::connect(address).expect("the fake API accepts connections");
+        stream
+            .set_read_timeout(Some(LIMIT))
+            .expect("a read timeout");
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\

@@ -86,6 +86,7 @@ async fn no_worker_or_grandchild_survives_a_sigkill_of_the_supervisor() {
         .stderr(Stdio::null())
         .spawn()
         .expect("supervisor starts");
+    let _watchdog = Watchdog::arm(&supervisor, LIMIT * 3);
     let mut stdin = supervisor.stdin.take().expect("stdin");
     let plan =
         r#"{"id":"spawner","prompt":"spawn","tech_stack":"sh","success_criteria":"a grandchild"}"#;

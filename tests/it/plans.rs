@@ -436,9 +436,14 @@ impl Pipeline {
             .await
             .expect("service finishes")
             .expect("joins");
-        self.supervisor.shutdown().await;
+        tokio::time::timeout(LIMIT, self.supervisor.shutdown())
+            .await
+            .expect("shutdown finishes");
         let mut text = String::new();
-        self.output.read_to_string(&mut text).await.expect("output");
+        tokio::time::timeout(LIMIT, self.output.read_to_string(&mut text))
+            .await
+            .expect("the output ends")
+            .expect("output");
         (
             outcome,
             text.lines()

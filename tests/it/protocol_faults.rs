@@ -92,3 +92,93 @@ async fn a_protocol_version_mismatch_fails_the_agent_naming_both_versions() {
     assert_eq!(status.restarts, 0);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn stray_lines_of_any_bytes_and_unknown_types_are_counted_and_not_fatal() {
+    let running = Running::start(&fixture_config("misbehave.py", &[]));
+    running.ready().await;
+    let counted = [
+        "invalid_utf8_stray",
+        "nul_stray",
+        "deep_nesting_stray",
+        "unknown_type",
+    ];
+    for kind in counted {
+        let outcome = running.call("bad_line", json!({"kind": kind})).await;
+        assert_eq!(
+            outcome.result.expect("the call succeeds"),
+            json!({"ok": true}),
+            "{kind}"
+        );
+    }
+    // A response for a request the worker does not hold is ignored, and the worker stays.
+    let outcome = running
+        .call("bad_line", json!({"kind": "unknown_id_response"}))
+        .await;
+    assert_eq!(
+        outcome.result.expect("the call succeeds"),
+        json!({"ok": true})
+    );
+    let status = running.executor().status();
+    assert!(
+        status.protocol_noise >= counted.len() as u64,
+        "{counted:?} each counted: {status:?}"
+    );
+    assert_eq!(status.restarts, 0, "{status:?}");
+    assert_eq!(outcome.deliveries, 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn every_kind_of_broken_line_is_a_violation_then_a_restart_and_a_redelivery() {
+    let mut config = fixture_config("misbehave.py", &[]);
+    config.supervisor.max_restarts_in_window = 100;
+    let mut running = Running::start(&config);
+    let cases = [
+        (
+            "invalid_utf8_object",
+            "invalid `log` message: invalid unicode code point",
+        ),
+        (
+            "nul_in_object",
+            "not a valid JSON object: control character",
+        ),
+        ("deep_nesting_object", "recursion limit exceeded"),
+        ("nan_response", "not a valid JSON object: expected value"),
+        ("huge_number", "number out of range"),
+        (
+            "missing_field",
+            "invalid `pong` message: missing field `nonce`",
+        ),
+        (
+            "wrong_type",
+            "invalid `log` message: invalid type: integer `42`",
+        ),
+        ("no_type", "message has no string field `type`"),
+        ("second_hello", "a second `hello`"),
+    ];
+    let mut mismatches = Vec::new();
+    for (kind, expected) in cases {
+        running.ready().await;
+        let outcome = running
+            .call("bad_line", json!({"kind": kind, "once": true}))
+            .await;
+        assert_eq!(
+            outcome.result.expect("the redelivery succeeds"),
+            json!({"delivery": 2}),
+            "{kind}"
+        );
+        let report = running.crash_report().await;
+        assert_eq!(report.cause, DeathCause::Protocol, "{kind}: {report:?}");
+        if !report.detail.contains(expected) {
+            mismatches.push(format!(
+                "{kind}: expected `{expected}` in `{}`",
+                report.detail
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    let status = running.ready().await;
+    assert_eq!(status.restarts, cases.len() as u32, "{status:?}");
+    running.stop().await;
+}

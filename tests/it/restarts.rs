@@ -263,7 +263,11 @@ async fn the_first_restart_is_immediate_then_backoff_doubles_up_to_the_cap_in_vi
     let mut events = supervisor.events().subscribe();
     let mut entered_backoff = Vec::new();
     while entered_backoff.len() < 7 {
-        let event = events.recv().await.expect("events flow");
+        // Time is paused, so this bound is virtual: far above the seven backoffs awaited.
+        let event = tokio::time::timeout(Duration::from_secs(600), events.recv())
+            .await
+            .expect("backoffs within the bound")
+            .expect("events flow");
         if let EventKind::StateChanged { to, .. } = &event.kind
             && to.to_string() == "backoff"
         {

@@ -31,23 +31,25 @@ fn run_batch(dir: &Path, count: usize) -> (usize, u64) {
         ));
     }
     std::fs::write(&config_path, config).expect("config");
-    let output = Command::new(env!("CARGO_BIN_EXE_mnemosyne"))
-        .args(["supervise", "--config"])
-        .arg(&config_path)
-        .arg("--state-dir")
-        .arg(dir.join(format!("state-{count}")))
-        .env(
-            "MNEMOSYNE_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .env("RUST_LOG", "warn,mnemosyne::cli::supervise=info")
-        .stdin(Stdio::from(
-            std::fs::File::open(&input_path).expect("input"),
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("supervisor runs");
+    let output = run_within(
+        Command::new(env!("CARGO_BIN_EXE_mnemosyne"))
+            .args(["supervise", "--config"])
+            .arg(&config_path)
+            .arg("--state-dir")
+            .arg(dir.join(format!("state-{count}")))
+            .env(
+                "MNEMOSYNE_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+            )
+            .env("RUST_LOG", "warn,mnemosyne::cli::supervise=info")
+            .stdin(Stdio::from(
+                std::fs::File::open(&input_path).expect("input"),
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        // A bound for a slow machine, far above the minute or two the run takes.
+        std::time::Duration::from_secs(1200),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),

@@ -58,7 +58,7 @@ fn the_binary_runs_plans_end_to_end_and_exits_zero() {
         writeln!(stdin, "{}", plan("one", "")).expect("write");
         writeln!(stdin, "{}", plan("two", "")).expect("write");
     }
-    let output = child.wait_with_output().expect("binary finishes");
+    let output = output_within(child, LIMIT * 3);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stderr: {stderr}");
     assert!(
@@ -84,10 +84,10 @@ fn a_bad_config_exits_2_naming_the_key_and_line() {
         "[supervisor]\nheartbeat_interval = \"5 parsecs\"\n",
     )
     .expect("config");
-    let output = supervise(Some(&config), state.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs");
+    let output = run_within(
+        supervise(Some(&config), state.path()).stdin(Stdio::null()),
+        LIMIT * 3,
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -115,6 +115,7 @@ fn a_supervisor_sigkilled_mid_batch_and_started_again_gives_every_plan_exactly_o
     let mut first = supervise(Some(&config), state.path())
         .spawn()
         .expect("first run starts");
+    let _watchdog = Watchdog::arm(&first, LIMIT * 3);
     let stderr_lines = watch_stderr(&mut first);
     {
         let mut stdin = first.stdin.take().expect("stdin");
@@ -140,10 +141,10 @@ fn a_supervisor_sigkilled_mid_batch_and_started_again_gives_every_plan_exactly_o
     first.kill().expect("SIGKILL the supervisor");
     first.wait().expect("reaped");
 
-    let second = supervise(None, state.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("second run");
+    let second = run_within(
+        supervise(None, state.path()).stdin(Stdio::null()),
+        LIMIT * 3,
+    );
     assert!(
         second.status.success(),
         "{}",
@@ -183,7 +184,7 @@ fn a_supervisor_sigkilled_mid_batch_and_started_again_gives_every_plan_exactly_o
             writeln!(stdin, "{}", plan(id, "")).expect("write");
         }
     }
-    let third = third.wait_with_output().expect("third run finishes");
+    let third = output_within(third, LIMIT * 3);
     let third_results = results_of(&third.stdout);
     assert_eq!(third_results.len(), ids.len());
     assert!(
@@ -246,6 +247,7 @@ fn sigterm_stops_reading_journals_unfinished_plans_and_the_next_run_finishes_the
     let mut first = supervise(Some(&config), state.path())
         .spawn()
         .expect("first run starts");
+    let _watchdog = Watchdog::arm(&first, LIMIT * 3);
     let stderr_lines = watch_stderr(&mut first);
     let mut stdin = first.stdin.take().expect("stdin");
     for (id, suffix) in [("fast-1", ""), ("slow-1", "SLOW"), ("slow-2", "SLOW")] {
@@ -263,7 +265,7 @@ fn sigterm_stops_reading_journals_unfinished_plans_and_the_next_run_finishes_the
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let status = first.wait().expect("first run exits");
+    let status = wait_within(&mut first, LIMIT);
     assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("rest of stdout");
@@ -273,10 +275,10 @@ fn sigterm_stops_reading_journals_unfinished_plans_and_the_next_run_finishes_the
     );
     drop(stdin);
 
-    let second = supervise(None, state.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("second run");
+    let second = run_within(
+        supervise(None, state.path()).stdin(Stdio::null()),
+        LIMIT * 3,
+    );
     assert!(
         second.status.success(),
         "{}",
@@ -297,6 +299,7 @@ fn keep_running_serves_after_stdin_ends_and_a_signal_then_exits_cleanly() {
         .arg("--keep-running")
         .spawn()
         .expect("starts");
+    let _watchdog = Watchdog::arm(&child, LIMIT * 3);
     let stderr_lines = watch_stderr(&mut child);
     {
         let mut stdin = child.stdin.take().expect("stdin");
@@ -320,7 +323,7 @@ fn keep_running_serves_after_stdin_ends_and_a_signal_then_exits_cleanly() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let status = child.wait().expect("exits");
+    let status = wait_within(&mut child, LIMIT);
     assert_eq!(
         status.code(),
         Some(0),
@@ -331,12 +334,13 @@ fn keep_running_serves_after_stdin_ends_and_a_signal_then_exits_cleanly() {
 #[test]
 fn the_anthropic_provider_without_a_key_is_refused_before_any_worker_starts() {
     let state = tempfile::tempdir().expect("state dir");
-    let output = supervise(None, state.path())
-        .args(["--provider", "anthropic"])
-        .env_remove("ANTHROPIC_API_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs");
+    let output = run_within(
+        supervise(None, state.path())
+            .args(["--provider", "anthropic"])
+            .env_remove("ANTHROPIC_API_KEY")
+            .stdin(Stdio::null()),
+        LIMIT * 3,
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -356,6 +360,7 @@ fn submit_into_a_keep_running_supervisor_gets_exactly_its_own_results() {
         .arg("--keep-running")
         .spawn()
         .expect("starts");
+    let _watchdog = Watchdog::arm(&supervisor, LIMIT * 3);
     let mut stdin = supervisor.stdin.take().expect("stdin");
     writeln!(stdin, "{}", plan("own-1", "")).expect("write");
     stdin.flush().expect("flush");
@@ -380,7 +385,7 @@ fn submit_into_a_keep_running_supervisor_gets_exactly_its_own_results() {
         writeln!(input, "{}", plan("sub-2", "")).expect("write");
         writeln!(input, "{{\"id\": \"broken\", ").expect("write");
     }
-    let submitted = submit.wait_with_output().expect("submit finishes");
+    let submitted = output_within(submit, LIMIT * 3);
     assert_eq!(
         submitted.status.code(),
         Some(1),
@@ -416,5 +421,5 @@ fn submit_into_a_keep_running_supervisor_gets_exactly_its_own_results() {
         !rest.contains("sub-"),
         "submitted results go to the submitter only: {rest}"
     );
-    supervisor.wait().expect("exits");
+    wait_within(&mut supervisor, LIMIT);
 }
