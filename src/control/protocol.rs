@@ -12,7 +12,8 @@ use crate::process::ExitStatus;
 
 /// The version every line carries in its `v` field, both ways.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
-/// The longest request line the server reads; requests are a few dozen bytes.
+/// The longest request line the server reads: a `submit` carries plans (the client sends at
+/// most 4 MiB of them per request); the other requests are a few dozen bytes.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// The longest answer line a client reads. A crash report carries a stderr tail of up to
 /// 200 lines of up to 16 KiB each.
