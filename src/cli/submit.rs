@@ -89,7 +89,9 @@ impl Outstanding {
     }
 
     fn answered(&mut self, result: &Value) {
-        let line = result["line"].as_u64().and_then(|n| usize::try_from(n).ok());
+        let line = result["line"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok());
         let element = result["element"]
             .as_u64()
             .and_then(|n| usize::try_from(n).ok());

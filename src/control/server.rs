@@ -25,7 +25,7 @@ use crate::config::Role;
 use crate::plan::intake::{Origin, check_plan};
 use crate::plan::model::Plan;
 use crate::plan::result::PlanResult;
-use crate::plan::service::{SubmitEvent, Submission};
+use crate::plan::service::{Submission, SubmitEvent};
 use crate::supervisor::{EventBus, Supervisor};
 
 /// How long one line may take to reach a client. A client that reads nothing for this long
@@ -392,17 +392,26 @@ async fn submit(shared: &Shared, out: &mut Writer, plans: Vec<SubmittedPlan>) ->
                 out.send(&admitted).await?;
             }
             Some(SubmitEvent::Finished(delivery)) => {
-                let admitted = delivery.admitted_id().and_then(|id| {
-                    unfinished.iter().position(|pending| pending == id)
-                });
+                let admitted = delivery
+                    .admitted_id()
+                    .and_then(|id| unfinished.iter().position(|pending| pending == id));
                 if let Some(index) = admitted {
                     unfinished.remove(index);
                 }
                 // A client gone before this write leaves the result unemitted in the journal.
-                out.send(&ResultAnswer {
-                    result: &delivery.output,
-                })
-                .await?;
+                let written = out
+                    .send(&ResultAnswer {
+                        result: &delivery.output,
+                    })
+                    .await;
+                if written.is_err() {
+                    tracing::info!(
+                        plan = delivery.admitted_id().unwrap_or("-"),
+                        "the submitter went away; its result waits in the journal for its id to \
+                         be submitted again"
+                    );
+                    return Err(Gone);
+                }
                 delivery.delivered().await;
                 expected -= 1;
             }

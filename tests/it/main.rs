@@ -11,4 +11,5 @@ mod plans;
 mod protocol_faults;
 mod restarts;
 mod scale;
+mod submit;
 mod supervise_cli;
