@@ -176,7 +176,9 @@ enum Command {
     /// Pipe work plans into a running supervisor (started with --keep-running) and print
     /// their results as they finish, in the format of `supervise`.
     ///
-    /// Exits when every plan it sent has a result: 0 when all succeeded, 1 otherwise.
+    /// Exits when every plan it sent has a result: 0 when all succeeded, 1 otherwise. If the
+    /// supervisor stops first, exits 1 naming on stderr the plans still unfinished (they resume
+    /// on the supervisor's next start) and any it never took.
     ///
     /// Examples:
     ///   mnemosyne submit < more-plans.ndjson

@@ -86,6 +86,20 @@ pub enum StreamItem {
     Missed(u64),
 }
 
+/// One answer to `submit`, before its `end`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitItem {
+    /// The plan sent with this `line` and `element` is in the supervisor's journal under `id`:
+    /// it gets a result, in this run of the supervisor or, if that stops first, in its next.
+    Admitted {
+        id: String,
+        line: Option<usize>,
+        element: Option<usize>,
+    },
+    /// A plan's result line, as `supervise` prints it.
+    Result(Value),
+}
+
 /// A connection to the supervisor's control socket.
 pub struct Client {
     answers: FramedRead<OwnedReadHalf, LinesCodec>,
@@ -158,17 +172,22 @@ impl Client {
         Ok(Stream { client: self })
     }
 
-    /// Submits plans to run; `on_result` gets each plan's result line as it finishes. Returns
-    /// at `end`, once every plan of this submission has a result (or the supervisor stopped).
+    /// Submits plans to run; `on_item` hears of each plan the journal took and gets each
+    /// plan's result line as it finishes. Returns at `end`, once every plan of this submission
+    /// has a result. If the supervisor stops first, the answer is
+    /// [`ClientError::Refused`] with [`ErrorCode::ShuttingDown`].
     pub async fn submit(
         &mut self,
         plans: Vec<SubmittedPlan>,
-        mut on_result: impl FnMut(Value),
+        mut on_item: impl FnMut(SubmitItem),
     ) -> Result<(), ClientError> {
         self.send(&Request::Submit { plans }).await?;
         loop {
             match self.receive().await? {
-                Response::Result { result } => on_result(result),
+                Response::Admitted { id, line, element } => {
+                    on_item(SubmitItem::Admitted { id, line, element })
+                }
+                Response::Result { result } => on_item(SubmitItem::Result(result)),
                 Response::End => return Ok(()),
                 other => return Err(unexpected(&other)),
             }
@@ -238,6 +257,7 @@ fn unexpected(response: &Response) -> ClientError {
         Response::Agents { .. } => "agents",
         Response::Outcome { .. } => "outcome",
         Response::Accepted { .. } => "accepted",
+        Response::Admitted { .. } => "admitted",
         Response::Event { .. } => "event",
         Response::Log { .. } => "log",
         Response::Result { .. } => "result",

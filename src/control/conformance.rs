@@ -115,7 +115,8 @@ fn every_answer_type_has_a_valid_example() {
         .map(|(_, line)| decode_response(line.as_bytes()).expect("valid"))
         .collect();
     let kinds = [
-        "agents", "outcome", "accepted", "event", "log", "missed", "end", "error",
+        "agents", "outcome", "accepted", "admitted", "event", "log", "result", "missed", "end",
+        "error",
     ];
     for kind in kinds {
         assert!(

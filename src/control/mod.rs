@@ -10,7 +10,7 @@ mod protocol;
 mod server;
 mod socket;
 
-pub use client::{Client, ClientError, ControlAnswer, Stream, StreamItem};
+pub use client::{Client, ClientError, ControlAnswer, Stream, StreamItem, SubmitItem};
 pub use health::{Health, RECENT_RESTART, health};
 pub use protocol::{
     AgentOutcome, AgentRow, CONTROL_PROTOCOL_VERSION, DEFAULT_LOG_LINES, ErrorCode, ExitCodeRecord,

@@ -12,7 +12,8 @@ use crate::process::ExitStatus;
 
 /// The version every line carries in its `v` field, both ways.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
-/// The longest request line the server reads; requests are a few dozen bytes.
+/// The longest request line the server reads: a `submit` carries plans (the client sends at
+/// most 4 MiB of them per request); the other requests are a few dozen bytes.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// The longest answer line a client reads. A crash report carries a stderr tail of up to
 /// 200 lines of up to 16 KiB each.
@@ -59,7 +60,9 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
-    /// Work plans to run (`mnemosyne submit`); answered with one `result` per plan, then `end`.
+    /// Work plans to run (`mnemosyne submit`); answered with an `admitted` line per plan the
+    /// journal took and a `result` line per plan, then `end` (or a `shutting_down` error if
+    /// the supervisor stops first).
     Submit { plans: Vec<SubmittedPlan> },
 }
 
@@ -130,6 +133,16 @@ pub enum Response {
     Event { event: Value },
     /// One stderr line of the agent asked about.
     Log { line: String },
+    /// A submitted plan is in the journal under `id` (generated when the plan had none) and
+    /// will have a result, in this run or the supervisor's next. `line` and `element` are as
+    /// the submitter sent them.
+    Admitted {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        element: Option<usize>,
+    },
     /// The result line of one submitted plan, exactly as `supervise` prints results.
     Result { result: Value },
     /// This reader fell behind and `count` events (or log lines) were skipped for it.
@@ -165,6 +178,14 @@ pub enum ErrorCode {
     /// A code from a newer supervisor.
     #[serde(other)]
     Other,
+}
+
+/// A `result` answer as the server writes it: the typed result serialised straight into the
+/// line. It reads back as [`Response::Result`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "result")]
+pub(crate) struct ResultAnswer<'a, T: Serialize> {
+    pub result: &'a T,
 }
 
 /// One agent as `mnemosyne agents --json` shows it.
@@ -430,6 +451,28 @@ mod tests {
         assert_eq!(line, b"{\"v\":1,\"type\":\"agents\"}\n");
         let line = encode_line(&Response::Missed { count: 3 }).expect("encodes");
         assert_eq!(line, b"{\"v\":1,\"type\":\"missed\",\"count\":3}\n");
+    }
+
+    #[test]
+    fn a_typed_result_answer_reads_back_as_a_result_line() {
+        #[derive(Serialize)]
+        struct Typed {
+            id: &'static str,
+            status: &'static str,
+            line: usize,
+        }
+        let typed = Typed {
+            id: "p1",
+            status: "succeeded",
+            line: 3,
+        };
+        let line = encode_line(&ResultAnswer { result: &typed }).expect("encodes");
+        assert_eq!(
+            decode_response(&line).expect("decodes"),
+            Response::Result {
+                result: serde_json::json!({"id": "p1", "status": "succeeded", "line": 3})
+            }
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::protocol::{
-    AgentOutcome, AgentRow, ErrorCode, MAX_REQUEST_BYTES, Request, Response, SubmittedPlan, Verb,
-    decode_request, encode_line,
+    AgentOutcome, AgentRow, ErrorCode, MAX_REQUEST_BYTES, Request, Response, ResultAnswer,
+    SubmittedPlan, Verb, decode_request, encode_line,
 };
 use super::socket::{self, ControlError, SocketFile};
 use crate::agent::{AgentHandle, AgentStatus, StateName};
@@ -25,9 +25,8 @@ use crate::config::Role;
 use crate::plan::intake::{Origin, check_plan};
 use crate::plan::model::Plan;
 use crate::plan::result::PlanResult;
-use crate::plan::service::Submission;
+use crate::plan::service::{Submission, SubmitEvent};
 use crate::supervisor::{EventBus, Supervisor};
-use serde_json::Value;
 
 /// How long one line may take to reach a client. A client that reads nothing for this long
 /// is dropped; one that reads slowly misses events instead of holding anything up.
@@ -41,6 +40,8 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(15 * 60);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 /// After a failed `accept` (for example out of file descriptors), before the next one.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// What the plan service may tell one submitter before the connection task catches up.
+const SUBMIT_EVENT_BUFFER: usize = 64;
 
 /// A bound control socket, not yet served. Binding first lets `supervise` fail before any
 /// worker starts if the socket cannot be created. Dropping it removes the socket file.
@@ -201,7 +202,8 @@ struct Writer {
 }
 
 impl Writer {
-    async fn send(&mut self, response: &Response) -> Result<(), Gone> {
+    /// Sends one answer: a [`Response`], or a [`ResultAnswer`] that reads back as one.
+    async fn send(&mut self, response: &impl serde::Serialize) -> Result<(), Gone> {
         let line = match encode_line(response) {
             Ok(line) => line,
             Err(error) => {
@@ -325,14 +327,16 @@ async fn handle(
     }
 }
 
-/// Runs submitted plans through the plan service and streams their results back, then `end`.
+/// Runs submitted plans through the plan service and streams back an `admitted` line for each
+/// plan the journal took and a `result` line for each plan, then `end`. If the supervisor stops
+/// first, the answer is a `shutting_down` error naming the plans left unfinished.
 async fn submit(shared: &Shared, out: &mut Writer, plans: Vec<SubmittedPlan>) -> Result<(), Gone> {
     let Some(submissions) = &shared.submissions else {
         let message = "this supervisor takes no submitted plans: start it with --keep-running";
         return out.send(&error(ErrorCode::BadRequest, message)).await;
     };
-    let (results, mut received) = tokio::sync::mpsc::channel::<String>(64);
-    let mut accepted = Vec::new();
+    let (events, mut received) = tokio::sync::mpsc::channel(SUBMIT_EVENT_BUFFER);
+    let mut taken = Vec::new();
     for submitted in plans {
         let origin = Origin::from_parts(submitted.line, submitted.element);
         let position = origin.position();
@@ -344,44 +348,92 @@ async fn submit(shared: &Shared, out: &mut Writer, plans: Vec<SubmittedPlan>) ->
                     .map_err(|error| error.to_string())
             });
         match checked {
-            Ok(plan) => accepted.push((plan, position)),
+            Ok(plan) => taken.push((plan, position)),
             Err(message) => {
                 let result =
                     PlanResult::rejected(None, position, vec![format!("{origin}: {message}")]);
-                let value = serde_json::to_value(&result).expect("results serialise");
-                out.send(&Response::Result { result: value }).await?;
+                out.send(&ResultAnswer { result: &result }).await?;
             }
         }
     }
-    let mut expected = accepted.len();
-    if expected > 0 {
-        let submission = Submission {
-            plans: accepted,
-            results,
+    if taken.is_empty() {
+        return out.send(&Response::End).await;
+    }
+    let mut expected = taken.len();
+    let submission = Submission {
+        plans: taken,
+        events,
+    };
+    if submissions.send(submission).await.is_err() {
+        let message = format!("the supervisor is stopping; none of the {expected} plans was taken");
+        return out.send(&error(ErrorCode::ShuttingDown, message)).await;
+    }
+    // Admitted plans without a result yet, in the order they were admitted.
+    let mut unfinished: Vec<String> = Vec::new();
+    while expected > 0 {
+        let event = tokio::select! {
+            event = received.recv() => event,
+            () = shared.cancel.cancelled() => None,
         };
-        if submissions.send(submission).await.is_err() {
-            return out
-                .send(&error(
-                    ErrorCode::ShuttingDown,
-                    "the supervisor is stopping",
-                ))
-                .await;
-        }
-        while expected > 0 {
-            let line = tokio::select! {
-                line = received.recv() => line,
-                () = shared.cancel.cancelled() => None,
-            };
-            let Some(line) = line else {
-                // The supervisor stopped first: the rest stay in its journal for the next run.
-                return out.send(&Response::End).await;
-            };
-            let result = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            out.send(&Response::Result { result }).await?;
-            expected -= 1;
+        match event {
+            // The service let go of this submission without a result for every plan: the
+            // supervisor is stopping.
+            None => {
+                let message = stopped_before_results(&unfinished, expected - unfinished.len());
+                return out.send(&error(ErrorCode::ShuttingDown, message)).await;
+            }
+            Some(SubmitEvent::Admitted { id, position }) => {
+                let admitted = Response::Admitted {
+                    id: id.clone(),
+                    line: position.line,
+                    element: position.element,
+                };
+                unfinished.push(id);
+                out.send(&admitted).await?;
+            }
+            Some(SubmitEvent::Finished(delivery)) => {
+                let admitted = delivery
+                    .admitted_id()
+                    .and_then(|id| unfinished.iter().position(|pending| pending == id));
+                if let Some(index) = admitted {
+                    unfinished.remove(index);
+                }
+                // A client gone before this write leaves the result unemitted in the journal.
+                let written = out
+                    .send(&ResultAnswer {
+                        result: &delivery.output,
+                    })
+                    .await;
+                if written.is_err() {
+                    tracing::info!(
+                        plan = delivery.admitted_id().unwrap_or("-"),
+                        "the submitter went away; its result waits in the journal for its id to \
+                         be submitted again"
+                    );
+                    return Err(Gone);
+                }
+                delivery.delivered().await;
+                expected -= 1;
+            }
         }
     }
     out.send(&Response::End).await
+}
+
+/// The `shutting_down` message for a submission cut short.
+fn stopped_before_results(unfinished: &[String], not_taken: usize) -> String {
+    let mut message = "the supervisor is stopping".to_owned();
+    if !unfinished.is_empty() {
+        message.push_str(&format!(
+            "; {} submitted plans are unfinished and resume on its next start: {}",
+            unfinished.len(),
+            unfinished.join(", ")
+        ));
+    }
+    if not_taken > 0 {
+        message.push_str(&format!("; {not_taken} plans were not taken"));
+    }
+    message
 }
 
 fn event_response(event: &crate::supervisor::Event) -> Response {

@@ -12,7 +12,13 @@
 //!
 //! * *unfinished* — accepted; the row holds the plan's body;
 //! * *finished* — its result is recorded and the body is cleared to keep the row small;
-//! * *emitted* — the result has been written to stdout.
+//! * *emitted* — the result has been written to stdout, or to the connection of the client
+//!   that submitted the plan.
+//!
+//! A plan handed in through the control socket (`mnemosyne submit`) is marked *submitted*. Its
+//! result belongs to its submitter alone: it is never printed on a later run's stdout, and it
+//! stays unemitted (so compaction keeps it) until a client submits that id again and is
+//! answered from the journal.
 //!
 //! Compaction deletes the oldest emitted rows beyond [`JournalSettings::retain_finished`]. Once
 //! a row is gone the journal no longer knows its id, so a plan with that id submitted later
@@ -42,7 +48,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema this code reads and writes, stored in `PRAGMA user_version`. Version 0 is a new,
 /// empty database.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The CHECK constraints spell out the three states of the module documentation, so that a bug
 /// here cannot store a row that is, say, finished and still holding its body.
@@ -54,10 +60,16 @@ const SCHEMA: &str = "
         result       TEXT,
         finished_seq INTEGER UNIQUE,
         emitted      INTEGER NOT NULL DEFAULT 0,
+        submitted    INTEGER NOT NULL DEFAULT 0 CHECK (submitted IN (0, 1)),
         CHECK ((body IS NULL) <> (result IS NULL)),
         CHECK ((result IS NULL) = (finished_seq IS NULL)),
         CHECK (emitted IN (0, 1) AND (emitted = 0 OR result IS NOT NULL))
     );
+";
+
+/// Version 1 lacked `submitted`; every plan it holds came from stdin.
+const MIGRATE_FROM_1: &str = "
+    ALTER TABLE plans ADD COLUMN submitted INTEGER NOT NULL DEFAULT 0 CHECK (submitted IN (0, 1));
 ";
 
 /// How much history the journal keeps.
@@ -97,7 +109,8 @@ pub enum Admission {
 pub struct Recovery {
     /// Plans accepted but not finished, in acceptance order: run them.
     pub unfinished: Vec<StoredPlan>,
-    /// Results recorded but never marked emitted, in finish order: print them.
+    /// Results recorded but never marked emitted, in finish order: print them. Results of
+    /// submitted plans are not among them; they wait for their submitter.
     pub unemitted: Vec<StoredResult>,
 }
 
@@ -107,6 +120,8 @@ pub struct StoredPlan {
     pub body: String,
     /// Orders plans by acceptance. Only the order means anything, not the numbers.
     pub accepted_seq: u64,
+    /// Handed in through the control socket: its result goes to no stdout.
+    pub submitted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +252,28 @@ impl Journal {
         &self,
         plans: Vec<(String, String)>,
     ) -> impl Future<Output = Result<Vec<Admission>, JournalError>> + Send + 'static {
-        self.request(|reply| Request::Write(Write::Accept { plans, reply }))
+        self.request(|reply| {
+            Request::Write(Write::Accept {
+                plans,
+                submitted: false,
+                reply,
+            })
+        })
+    }
+
+    /// [`Journal::accept`] for plans handed in through the control socket: their rows are
+    /// marked submitted, so that their results are never among [`Recovery::unemitted`].
+    pub fn accept_submitted(
+        &self,
+        plans: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<Vec<Admission>, JournalError>> + Send + 'static {
+        self.request(|reply| {
+            Request::Write(Write::Accept {
+                plans,
+                submitted: true,
+                reply,
+            })
+        })
     }
 
     /// Durably records a plan's final result (the JSON line that will be printed) and clears
@@ -342,6 +378,11 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), JournalError> {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(open_error)?;
     match version {
+        1 => conn
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE; {MIGRATE_FROM_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(open_error),
         0 => conn
             .execute_batch(&format!(
                 "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
@@ -357,7 +398,7 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), JournalError> {
 
 fn recover(conn: &Connection) -> rusqlite::Result<Recovery> {
     let unfinished = conn
-        .prepare("SELECT id, body, seq FROM plans WHERE result IS NULL ORDER BY seq")?
+        .prepare("SELECT id, body, seq, submitted FROM plans WHERE result IS NULL ORDER BY seq")?
         .query_map([], |row| {
             Ok(StoredPlan {
                 id: row.get(0)?,
@@ -365,13 +406,15 @@ fn recover(conn: &Connection) -> rusqlite::Result<Recovery> {
                 accepted_seq: u64::try_from(row.get::<_, i64>(2)?).map_err(|error| {
                     rusqlite::Error::FromSqlConversionFailure(2, Type::Integer, Box::new(error))
                 })?,
+                submitted: row.get(3)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
     let unemitted = conn
         .prepare(
             "SELECT id, result FROM plans
-             WHERE finished_seq IS NOT NULL AND emitted = 0 ORDER BY finished_seq",
+             WHERE finished_seq IS NOT NULL AND emitted = 0 AND submitted = 0
+             ORDER BY finished_seq",
         )?
         .query_map([], |row| {
             Ok(StoredResult {
@@ -398,6 +441,7 @@ enum Request {
 enum Write {
     Accept {
         plans: Vec<(String, String)>,
+        submitted: bool,
         reply: oneshot::Sender<Result<Vec<Admission>, JournalError>>,
     },
     Finish {
@@ -558,7 +602,9 @@ impl Writer {
         let mut finishes = 0;
         for write in writes {
             match write {
-                Write::Accept { plans, .. } => admissions.push(accept_plans(&tx, plans)?),
+                Write::Accept {
+                    plans, submitted, ..
+                } => admissions.push(accept_plans(&tx, plans, *submitted)?),
                 Write::Finish { id, result, .. } => {
                     if finish_plan(&tx, id, result, self.last_finished_seq + 1)? {
                         self.last_finished_seq += 1;
@@ -599,9 +645,14 @@ impl Writer {
     }
 }
 
-fn accept_plans(conn: &Connection, plans: &[(String, String)]) -> rusqlite::Result<Vec<Admission>> {
+fn accept_plans(
+    conn: &Connection,
+    plans: &[(String, String)],
+    submitted: bool,
+) -> rusqlite::Result<Vec<Admission>> {
     let mut find = conn.prepare_cached("SELECT result FROM plans WHERE id = ?1")?;
-    let mut insert = conn.prepare_cached("INSERT INTO plans (id, body) VALUES (?1, ?2)")?;
+    let mut insert =
+        conn.prepare_cached("INSERT INTO plans (id, body, submitted) VALUES (?1, ?2, ?3)")?;
     plans
         .iter()
         .map(|(id, body)| {
@@ -611,7 +662,7 @@ fn accept_plans(conn: &Connection, plans: &[(String, String)]) -> rusqlite::Resu
                 Some(Some(result)) => Admission::AlreadyFinished { result },
                 Some(None) => Admission::InProgress,
                 None => {
-                    insert.execute([id, body])?;
+                    insert.execute(params![id, body, submitted])?;
                     Admission::New
                 }
             })
@@ -1066,6 +1117,65 @@ mod tests {
         bounded(journal.close()).await;
     }
 
+    #[tokio::test]
+    async fn results_of_submitted_plans_wait_for_their_submitter_not_for_stdout() {
+        let fx = fixture();
+        let (journal, _) = open(&fx.state);
+        bounded(journal.accept_submitted(vec![plan("sub-done"), plan("sub-open")]))
+            .await
+            .expect("accept submitted");
+        bounded(journal.accept(vec![plan("stdin-done")]))
+            .await
+            .expect("accept");
+        for id in ["sub-done", "stdin-done"] {
+            bounded(journal.finish(id.into(), result_of(id)))
+                .await
+                .expect("finish");
+        }
+        bounded(journal.close()).await;
+
+        let (journal, recovery) = open(&fx.state);
+        assert_eq!(ids_of_results(&recovery.unemitted), ["stdin-done"]);
+        assert_eq!(ids(&recovery.unfinished), ["sub-open"]);
+        assert!(recovery.unfinished[0].submitted);
+        let admissions = bounded(journal.accept_submitted(vec![plan("sub-done")])).await;
+        assert_eq!(
+            admissions.expect("accept"),
+            [Admission::AlreadyFinished {
+                result: result_of("sub-done")
+            }]
+        );
+        bounded(journal.close()).await;
+    }
+
+    #[tokio::test]
+    async fn a_version_1_journal_is_migrated_and_its_plans_count_as_from_stdin() {
+        let fx = fixture();
+        let path = fx.state.path().join(JOURNAL_FILE);
+        {
+            let conn = Connection::open(&path).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE plans (
+                     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, body TEXT, result TEXT,
+                     finished_seq INTEGER UNIQUE, emitted INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO plans (id, body) VALUES ('open', '{}');
+                 INSERT INTO plans (id, result, finished_seq) VALUES ('done', '{}', 1);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("a version 1 journal");
+        }
+        let (journal, recovery) = open(&fx.state);
+        assert_eq!(ids(&recovery.unfinished), ["open"]);
+        assert!(!recovery.unfinished[0].submitted);
+        assert_eq!(ids_of_results(&recovery.unemitted), ["done"]);
+        bounded(journal.close()).await;
+        let version: i64 = Connection::open(&path)
+            .expect("reopen")
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     #[test]
     fn a_journal_with_a_newer_schema_is_refused() {
         let fx = fixture();
@@ -1083,7 +1193,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             format!(
-                "journal {} has schema version 99, newer than version 1 that this supervisor understands",
+                "journal {} has schema version 99, newer than version 2 that this supervisor understands",
                 path.display()
             )
         );

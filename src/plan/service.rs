@@ -3,13 +3,19 @@
 //! earlier run left unfinished.
 //!
 //! Where plans come from is behind [`PlanSource`]: stdin today, a Redis stream later, through
-//! this same code path.
+//! this same code path. Plans handed in through the control socket ([`Submission`]) share the
+//! journal and the bound on plans in flight, but their results go back to their submitter only:
+//! never to stdout, not even in a later run.
+//!
+//! Results stay typed ([`PlanOutput`]) until they are written out: to stdout by the one writer
+//! task here, to a submitter by the control server.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -53,54 +59,152 @@ pub struct ServeOutcome {
     pub interrupted: bool,
 }
 
+/// A result for stdout.
 struct Emit {
     /// Set for results that are in the journal and must be marked emitted once written.
     id: Option<String>,
-    line: String,
-    succeeded: bool,
-    /// Where the line goes: the client that submitted the plan, or stdout when `None`.
-    to: Option<mpsc::Sender<String>>,
+    output: PlanOutput,
 }
 
-/// Plans handed in through the control socket (`mnemosyne submit`), with the channel their
-/// results go back on.
+/// A plan's result on its way out, typed until it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanOutput {
+    /// Run by this supervisor (or rejected by it).
+    Ran(Box<PlanResult>),
+    /// Stored by an earlier run and read back from the journal, flagged `"replayed": true`.
+    Replayed(Value),
+}
+
+impl PlanOutput {
+    /// A stored result as a replay, placed at `position` in the input that asked for it again.
+    fn replay(stored: &str, position: Option<&InputPosition>) -> Self {
+        let Ok(mut value) = serde_json::from_str::<Value>(stored) else {
+            // The journal holds what this code wrote; pass anything else on rather than lose it.
+            return Self::Replayed(Value::String(stored.to_owned()));
+        };
+        if let Some(object) = value.as_object_mut() {
+            object.insert("replayed".into(), Value::Bool(true));
+            if let Some(position) = position {
+                object.remove("line");
+                object.remove("element");
+                if let Ok(Value::Object(fields)) = serde_json::to_value(position) {
+                    object.extend(fields);
+                }
+            }
+        }
+        Self::Replayed(value)
+    }
+
+    pub fn succeeded(&self) -> bool {
+        match self {
+            Self::Ran(result) => result.status == PlanStatus::Succeeded,
+            Self::Replayed(value) => value["status"] == "succeeded",
+        }
+    }
+}
+
+impl Serialize for PlanOutput {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Ran(result) => result.serialize(serializer),
+            Self::Replayed(value) => value.serialize(serializer),
+        }
+    }
+}
+
+/// Plans handed in through the control socket (`mnemosyne submit`), with the channel that
+/// tells their submitter what became of them.
 pub struct Submission {
     pub plans: Vec<(Plan, InputPosition)>,
-    pub results: mpsc::Sender<String>,
+    pub events: mpsc::Sender<SubmitEvent>,
 }
 
-/// The emit channel, tagged with where its results belong.
+/// What a submitter hears about its plans, in order: `Admitted` for a plan before its result.
+#[derive(Debug)]
+pub enum SubmitEvent {
+    /// The plan is in the journal under `id` (generated when it had none), so it gets a
+    /// result: in this run, or in the next one if the supervisor stops first.
+    Admitted { id: String, position: InputPosition },
+    /// A plan's result.
+    Finished(Delivery),
+}
+
+/// A result for a submitter. Until [`Delivery::delivered`] is called, the journal keeps the
+/// result as unemitted, for a replay to whoever submits the same id again.
+#[derive(Debug)]
+pub struct Delivery {
+    pub output: PlanOutput,
+    receipt: Option<Receipt>,
+}
+
+#[derive(Debug)]
+struct Receipt {
+    journal: Journal,
+    id: String,
+}
+
+impl Delivery {
+    /// The id of a result the journal holds, which is one of a plan acknowledged with
+    /// [`SubmitEvent::Admitted`]; `None` for a plan refused before the journal took it.
+    pub fn admitted_id(&self) -> Option<&str> {
+        self.receipt.as_ref().map(|receipt| receipt.id.as_str())
+    }
+
+    /// Records that the result was written to its submitter's connection.
+    pub async fn delivered(self) {
+        let Some(Receipt { journal, id }) = self.receipt else {
+            return;
+        };
+        if let Err(error) = journal.mark_emitted(vec![id.clone()]).await {
+            tracing::error!(plan = %id, %error, "could not mark a submitted result as emitted");
+        }
+    }
+}
+
+/// Where the results of a run go.
 #[derive(Clone)]
-struct Sink {
-    emit: mpsc::Sender<Emit>,
-    to: Option<mpsc::Sender<String>>,
+enum Sink {
+    /// To the writer of stdout.
+    Stdout(mpsc::Sender<Emit>),
+    /// To the client that submitted the plan.
+    Submitter {
+        events: mpsc::Sender<SubmitEvent>,
+        journal: Journal,
+    },
+    /// A submitted plan resumed from an earlier run: its submitter is gone, so the result
+    /// waits in the journal until its id is submitted again.
+    Journal,
 }
 
 impl Sink {
-    async fn send(&self, mut emit: Emit) -> Result<(), mpsc::error::SendError<Emit>> {
-        emit.to = self.to.clone();
-        self.emit.send(emit).await
-    }
-}
-
-impl Emit {
-    fn result(id: Option<String>, result: &PlanResult) -> Self {
-        Self {
-            id,
-            line: result.to_line(),
-            succeeded: result.status == PlanStatus::Succeeded,
-            to: None,
-        }
-    }
-
-    /// A stored result from the journal, flagged as a replay.
-    fn replay(id: Option<String>, stored: &str, position: Option<&InputPosition>) -> Self {
-        let (line, succeeded) = mark_replayed(stored, position);
-        Self {
-            id,
-            line,
-            succeeded,
-            to: None,
+    /// Hands `output` on. `id` is set for results in the journal, which are marked emitted once
+    /// they reach their reader.
+    async fn deliver(&self, id: Option<String>, output: PlanOutput) {
+        match self {
+            Sink::Stdout(emit) => {
+                // The writer only ends when stdout is closed; the result stays in the journal.
+                let _ = emit.send(Emit { id, output }).await;
+            }
+            Sink::Submitter { events, journal } => {
+                let plan = id.clone();
+                let receipt = id.map(|id| Receipt {
+                    journal: journal.clone(),
+                    id,
+                });
+                let delivery = Delivery { output, receipt };
+                if events.send(SubmitEvent::Finished(delivery)).await.is_err() {
+                    tracing::info!(
+                        plan = plan.as_deref().unwrap_or("-"),
+                        "the submitter went away; the result waits in the journal for its id \
+                         to be submitted again"
+                    );
+                }
+            }
+            Sink::Journal => tracing::info!(
+                plan = id.as_deref().unwrap_or("-"),
+                "a plan submitted to an earlier run finished; its result waits in the journal \
+                 for its id to be submitted again"
+            ),
         }
     }
 }
@@ -123,10 +227,7 @@ pub async fn serve(
 ) -> ServeOutcome {
     let all_succeeded = Arc::new(AtomicBool::new(true));
     let (emit_sender, emitted) = mpsc::channel::<Emit>(RESULT_BUFFER);
-    let emit = Sink {
-        emit: emit_sender,
-        to: None,
-    };
+    let emit = Sink::Stdout(emit_sender);
     let writer = tokio::spawn(write_results(
         emitted,
         output,
@@ -138,8 +239,7 @@ pub async fn serve(
     let run_id = format!("{:08x}", fastrand::u32(..));
 
     for stored in recovery.unemitted {
-        let _ = emit
-            .send(Emit::replay(Some(stored.id.clone()), &stored.result, None))
+        emit.deliver(Some(stored.id), PlanOutput::replay(&stored.result, None))
             .await;
     }
     for stored in recovery.unfinished {
@@ -148,6 +248,11 @@ pub async fn serve(
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        let sink = if stored.submitted {
+            Sink::Journal
+        } else {
+            emit.clone()
+        };
         match serde_json::from_str::<Plan>(&stored.body) {
             Ok(plan) => {
                 tracing::info!(plan = %stored.id, "resuming a plan left unfinished by an earlier run");
@@ -156,7 +261,7 @@ pub async fn serve(
                     InputPosition::default(),
                     runner.clone(),
                     journal.clone(),
-                    emit.clone(),
+                    sink,
                     permit,
                 ));
             }
@@ -165,7 +270,7 @@ pub async fn serve(
                 result.errors.push(format!(
                     "the journalled plan could not be read back: {error}"
                 ));
-                finish(&journal, &emit, result).await;
+                finish(&journal, &sink, result).await;
             }
         }
     }
@@ -179,7 +284,6 @@ pub async fn serve(
             runs.clone(),
             runner.clone(),
             journal.clone(),
-            emit.emit.clone(),
             interrupt.clone(),
             run_id.clone(),
         ));
@@ -202,7 +306,7 @@ pub async fn serve(
             Err(error) => {
                 let result =
                     PlanResult::rejected(None, position, vec![format!("{}: {error}", item.origin)]);
-                let _ = emit.send(Emit::result(None, &result)).await;
+                emit.deliver(None, PlanOutput::Ran(Box::new(result))).await;
             }
             Ok(mut plan) => {
                 accepted += 1;
@@ -253,43 +357,88 @@ pub async fn serve(
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the pump shares the service's collaborators"
-)]
+/// Takes submissions one at a time. Each submission's plans are journalled in one commit and
+/// acknowledged to the submitter before any of them waits for a slot, so that a supervisor
+/// stopping from then on leaves every one of them to the next run.
 async fn take_submissions(
     mut submissions: mpsc::Receiver<Submission>,
     slots: Arc<Semaphore>,
     runs: TaskTracker,
     runner: PlanRunner,
     journal: Journal,
-    emit: mpsc::Sender<Emit>,
     interrupt: CancellationToken,
     run_id: String,
 ) {
-    let mut accepted = 0u64;
+    let mut generated = 0u64;
     loop {
-        let submission = tokio::select! {
+        let Submission { mut plans, events } = tokio::select! {
             submission = submissions.recv() => match submission {
                 Some(submission) => submission,
                 None => return,
             },
             () = interrupt.cancelled() => return,
         };
-        let sink = Sink {
-            emit: emit.clone(),
-            to: Some(submission.results),
+        for (plan, _) in &mut plans {
+            if plan.id.is_none() {
+                generated += 1;
+                plan.id = Some(format!("plan-{run_id}-submitted-{generated}"));
+            }
+        }
+        let sink = Sink::Submitter {
+            events: events.clone(),
+            journal: journal.clone(),
         };
-        for (mut plan, position) in submission.plans {
+        let bodies = plans
+            .iter()
+            .map(|(plan, _)| {
+                let body = serde_json::to_string(plan).expect("plans serialise");
+                (plan.id().to_owned(), body)
+            })
+            .collect();
+        let admissions = match journal.accept_submitted(bodies).await {
+            Ok(admissions) if admissions.len() == plans.len() => admissions,
+            refused => {
+                let reason = match refused {
+                    Err(error) => format!("the journal refused the plan: {error}"),
+                    Ok(_) => "the journal gave no answer".to_owned(),
+                };
+                for (plan, position) in plans {
+                    let result = not_accepted(plan.id(), position, &reason);
+                    sink.deliver(None, result).await;
+                }
+                continue;
+            }
+        };
+        let mut admitted = Vec::new();
+        for ((plan, position), admission) in plans.into_iter().zip(admissions) {
+            let id = plan.id().to_owned();
+            let acknowledge = SubmitEvent::Admitted {
+                id: id.clone(),
+                position: position.clone(),
+            };
+            match admission {
+                Admission::New => {
+                    // A submitter that went away still gets its plan run; the result waits in
+                    // the journal for a resubmission.
+                    let _ = events.send(acknowledge).await;
+                    admitted.push((plan, position));
+                }
+                Admission::AlreadyFinished { result } => {
+                    tracing::info!(plan = %id, "submitted plan already finished; replaying its result");
+                    let _ = events.send(acknowledge).await;
+                    let replay = PlanOutput::replay(&result, Some(&position));
+                    sink.deliver(Some(id), replay).await;
+                }
+                Admission::InProgress => sink.deliver(None, in_progress(&id, position)).await,
+            }
+        }
+        for (plan, position) in admitted {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                // The rest are journalled; the next run resumes them.
                 () = interrupt.cancelled() => return,
             };
-            accepted += 1;
-            if plan.id.is_none() {
-                plan.id = Some(format!("plan-{run_id}-submitted-{accepted}"));
-            }
-            runs.spawn(admit_and_run(
+            runs.spawn(run_plan(
                 plan,
                 position,
                 runner.clone(),
@@ -319,30 +468,36 @@ async fn admit_and_run(
         Ok(Some(Admission::New)) => run_plan(plan, position, runner, journal, emit, permit).await,
         Ok(Some(Admission::AlreadyFinished { result })) => {
             tracing::info!(plan = %id, "plan already finished in an earlier run; replaying its result");
-            let _ = emit
-                .send(Emit::replay(None, &result, Some(&position)))
-                .await;
+            let replay = PlanOutput::replay(&result, Some(&position));
+            emit.deliver(None, replay).await;
         }
-        Ok(Some(Admission::InProgress)) => {
-            let result = PlanResult::rejected(
-                Some(id.clone()),
-                position,
-                vec![format!("a plan with id {id:?} is already in progress")],
-            );
-            let _ = emit.send(Emit::result(None, &result)).await;
-        }
+        Ok(Some(Admission::InProgress)) => emit.deliver(None, in_progress(&id, position)).await,
         Ok(None) | Err(_) => {
             let reason = match admission {
                 Err(error) => format!("the journal refused the plan: {error}"),
                 _ => "the journal gave no answer".to_owned(),
             };
-            tracing::error!(plan = %id, %reason, "plan not accepted");
-            let mut result = PlanResult::new(Some(id), PlanStatus::Failed);
-            result.position = position;
-            result.errors.push(reason);
-            let _ = emit.send(Emit::result(None, &result)).await;
+            emit.deliver(None, not_accepted(&id, position, &reason))
+                .await;
         }
     }
+}
+
+fn in_progress(id: &str, position: InputPosition) -> PlanOutput {
+    let result = PlanResult::rejected(
+        Some(id.to_owned()),
+        position,
+        vec![format!("a plan with id {id:?} is already in progress")],
+    );
+    PlanOutput::Ran(Box::new(result))
+}
+
+fn not_accepted(id: &str, position: InputPosition, reason: &str) -> PlanOutput {
+    tracing::error!(plan = %id, %reason, "plan not accepted");
+    let mut result = PlanResult::new(Some(id.to_owned()), PlanStatus::Failed);
+    result.position = position;
+    result.errors.push(reason.to_owned());
+    PlanOutput::Ran(Box::new(result))
 }
 
 async fn run_plan(
@@ -364,15 +519,15 @@ async fn run_plan(
     }
 }
 
-/// Records the result durably, then hands it to the writer: a crash between the two replays
-/// the result on the next run instead of losing it.
+/// Records the result durably, then hands it on: a crash between the two replays the result
+/// on the next run instead of losing it.
 async fn finish(journal: &Journal, emit: &Sink, result: PlanResult) {
     let id = result.id.clone().expect("finished plans have ids");
-    let emit_line = Emit::result(Some(id.clone()), &result);
-    if let Err(error) = journal.finish(id.clone(), emit_line.line.clone()).await {
+    if let Err(error) = journal.finish(id.clone(), result.to_line()).await {
         tracing::error!(plan = %id, %error, "could not journal a result; printing it anyway");
     }
-    let _ = emit.send(emit_line).await;
+    emit.deliver(Some(id), PlanOutput::Ran(Box::new(result)))
+        .await;
 }
 
 /// The only writer of stdout. Marks results emitted right after writing them, in batches.
@@ -386,23 +541,12 @@ async fn write_results(
     while emitted.recv_many(&mut batch, RESULT_BUFFER).await > 0 {
         let mut bytes = Vec::new();
         let mut ids = Vec::new();
-        for Emit {
-            id,
-            line,
-            succeeded,
-            to,
-        } in batch.drain(..)
-        {
+        for Emit { id, output } in batch.drain(..) {
             ids.extend(id);
-            if let Some(client) = to {
-                // A submitter that went away still has its result in the journal.
-                let _ = client.send(line).await;
-                continue;
-            }
-            if !succeeded {
+            if !output.succeeded() {
                 all_succeeded.store(false, Ordering::SeqCst);
             }
-            bytes.extend_from_slice(line.as_bytes());
+            serde_json::to_writer(&mut bytes, &output).expect("results always serialise");
             bytes.push(b'\n');
         }
         if output.write_all(&bytes).await.is_err() || output.flush().await.is_err() {
@@ -419,22 +563,4 @@ async fn write_results(
             }
         }
     }
-}
-
-fn mark_replayed(stored: &str, position: Option<&InputPosition>) -> (String, bool) {
-    let Ok(mut value) = serde_json::from_str::<Value>(stored) else {
-        return (stored.to_owned(), false);
-    };
-    let succeeded = value["status"] == "succeeded";
-    if let Some(object) = value.as_object_mut() {
-        object.insert("replayed".into(), Value::Bool(true));
-        if let Some(position) = position {
-            object.remove("line");
-            object.remove("element");
-            if let Ok(Value::Object(fields)) = serde_json::to_value(position) {
-                object.extend(fields);
-            }
-        }
-    }
-    (value.to_string(), succeeded)
 }

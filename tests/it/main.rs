@@ -16,4 +16,5 @@ mod protocol_faults;
 mod restarts;
 mod sandbox;
 mod scale;
+mod submit;
 mod supervise_cli;
