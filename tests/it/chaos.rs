@@ -68,6 +68,8 @@ struct Report {
     deaths_by_cause: BTreeMap<String, u64>,
     failed: u64,
     replayed: u64,
+    /// Replays of a result the killed run had printed already: its crash window.
+    replayed_after_print: u64,
     lost: Vec<String>,
     duplicated: Vec<String>,
     peak_rss_kib: u64,
@@ -106,7 +108,10 @@ impl Report {
         println!("redeliveries: {}", self.redeliveries);
         println!("quarantines: {}", self.quarantines);
         println!("failed: {}", self.failed);
-        println!("replayed: {}", self.replayed);
+        println!(
+            "replayed: {} ({} printed before the kill too)",
+            self.replayed, self.replayed_after_print
+        );
         println!("lost: {}", self.lost.len());
         println!("duplicated: {}", self.duplicated.len());
         println!(
@@ -669,6 +674,7 @@ fn run_soak(soak: &Soak) -> Report {
         match printed.get(id.as_str()) {
             None => report.lost.push(id.clone()),
             Some((fresh, _)) if *fresh > 1 => report.duplicated.push(id.clone()),
+            Some((1, replays)) => report.replayed_after_print += u64::from(*replays),
             Some(_) => {}
         }
     }
