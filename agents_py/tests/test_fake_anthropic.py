@@ -373,3 +373,75 @@ def test_the_cli_exits_on_sigterm():
     finally:
         process.kill()
         process.wait()
+
+
+# The chaos entry of soak tests.
+
+
+def draw_outcomes(seed: int, entry: dict[str, Any], requests: int) -> list[tuple[int, str]]:
+    """(status, answer text or error type) of `requests` calls to a fake seeded with `seed`."""
+    outcomes = []
+    with FakeAnthropic(seed=seed) as fake:
+        fake.script([entry])
+        for _ in range(requests):
+            status, _, raw = api(fake, message_body())
+            payload = json.loads(raw)
+            detail = answer_text(raw) if status == 200 else payload["error"]["type"]
+            outcomes.append((status, detail))
+        assert sum(fake.chaos_counts.values()) == requests
+    return outcomes
+
+
+def test_a_chaos_entry_mixes_faults_and_answers_and_a_seed_replays_the_mix():
+    entry = {
+        "kind": "chaos",
+        "repeat": True,
+        "p_429": 0.2,
+        "p_500": 0.2,
+        "p_529": 0.2,
+        "p_delay": 0.5,
+        "max_delay_s": 0.01,
+        "then": {"kind": "text", "text": "survived"},
+    }
+    first = draw_outcomes(7, entry, 40)
+    assert draw_outcomes(7, entry, 40) == first
+    statuses = {status for status, _ in first}
+    assert statuses == {200, 429, 500, 529}, first
+    assert all(detail == "survived" for status, detail in first if status == 200)
+    assert ("529", "overloaded_error") in {(str(s), d) for s, d in first}
+
+
+def test_a_chaos_hang_never_answers_and_the_counts_say_so(fake_anthropic):
+    fake_anthropic.script([{"kind": "chaos", "p_hang": 1.0}])
+    request = urllib.request.Request(
+        fake_anthropic.url + "/v1/messages",
+        data=json.dumps(message_body()).encode(),
+        headers={"x-api-key": fake_anthropic.key, "content-type": "application/json"},
+    )
+    with pytest.raises(TimeoutError):
+        urllib.request.urlopen(request, timeout=0.3)
+    status, _, raw = call(fake_anthropic, "/_fake/chaos")
+    assert status == 200
+    assert json.loads(raw) == {"hang": 1}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"kind": "chaos", "p_429": 1.5},
+        {"kind": "chaos", "p_429": 0.6, "p_529": 0.6},
+        {"kind": "chaos", "max_delay_s": -1},
+        {"kind": "chaos", "then": {"kind": "chaos"}},
+        {"kind": "chaos", "p_crash": 0.1},
+    ],
+)
+def test_a_bad_chaos_entry_is_refused(fake_anthropic, entry):
+    with pytest.raises(ScriptError):
+        fake_anthropic.script([entry])
+
+
+def test_without_recording_the_fake_still_answers_but_keeps_no_log():
+    with FakeAnthropic(record=False) as fake:
+        status, _, _ = api(fake, message_body())
+        assert status == 200
+        assert fake.requests == []

@@ -20,6 +20,11 @@ It binds 127.0.0.1 only. Three ways to drive it:
   `{"url": "http://127.0.0.1:PORT"}` as its first stdout line, then serves until its stdin
   closes or it gets SIGTERM.
 
+For soak tests a `chaos` entry (usually `repeat: true`) draws each answer at random: a 429,
+500 or 529, a hang, or the scripted answer after a random delay, from a generator seeded with
+`--seed` (`FakeAnthropic(seed=...)`), so a failing run can be replayed. `GET /_fake/chaos`
+counts what it drew, and `--no-record` keeps a long soak from storing every request body.
+
 Retry-after values are in milliseconds and should stay small: SDK 2.x honours any
 `retry-after`, so a large one stalls a test for as long as it says.
 """
@@ -29,6 +34,7 @@ import copy
 import itertools
 import json
 import math
+import random
 import select
 import signal
 import sys
@@ -142,7 +148,26 @@ ENTRY_KINDS: dict[str, set[str]] = {
     # cleanly (`mode` "eof", the SDK raises nothing) or by breaking the chunked body (`mode`
     # "cut", the HTTP library raises RemoteProtocolError).
     "truncate": {"mode", "after_deltas", "text"},
+    # A random answer per request, drawn from the server's seeded generator: a 429, 500 or
+    # 529 (`p_429`, `p_500`, `p_529`: their probabilities; `retry_after_ms` for their
+    # retry-after-ms header) or a `hang` (`p_hang`); otherwise `then` (the default answer if
+    # absent), first waiting up to `max_delay_s` with probability `p_delay`.
+    "chaos": {
+        "p_429",
+        "p_500",
+        "p_529",
+        "p_hang",
+        "p_delay",
+        "max_delay_s",
+        "retry_after_ms",
+        "then",
+    },
 }
+# The faults a `chaos` entry draws from, in the order of the draw, with their probability field.
+CHAOS_FAULTS = (("429", "p_429"), ("500", "p_500"), ("529", "p_529"), ("hang", "p_hang"))
+# What a chaos 429/500/529 tells the SDK to wait when the entry names nothing: short, so a
+# soak spends its time on faults rather than on waiting.
+CHAOS_RETRY_AFTER_MS = 5
 COMMON_FIELDS = {"kind", "match", "times", "repeat"}
 
 
@@ -179,7 +204,26 @@ def validate_entry(entry: Any) -> dict[str, Any]:
             validate_entry(entry["then"])
     if kind == "truncate" and entry.get("mode", "eof") not in ("eof", "cut"):
         raise ScriptError("the `mode` of a truncate entry is `eof` or `cut`")
+    if kind == "chaos":
+        _validate_chaos(entry)
     return entry
+
+
+def _validate_chaos(entry: dict[str, Any]) -> None:
+    for name in ("p_429", "p_500", "p_529", "p_hang", "p_delay"):
+        p = entry.get(name, 0)
+        if not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise ScriptError(f"`{name}` of a chaos entry must be a probability from 0 to 1")
+    if sum(entry.get(field, 0) for _, field in CHAOS_FAULTS) > 1:
+        raise ScriptError("the fault probabilities of a chaos entry add up to more than 1")
+    for name in ("max_delay_s", "retry_after_ms"):
+        value = entry.get(name, 0)
+        if not isinstance(value, int | float) or value < 0:
+            raise ScriptError(f"`{name}` of a chaos entry must be a non-negative number")
+    if "then" in entry:
+        then = validate_entry(entry["then"])
+        if then["kind"] == "chaos":
+            raise ScriptError("the `then` of a chaos entry cannot be another chaos entry")
 
 
 def prompt_text(body: Any) -> str:
@@ -241,13 +285,26 @@ def _pieces(text: str, size: int) -> list[str]:
 class FakeAnthropic:
     """The fake API server; start it, script it, read what it received, stop it."""
 
-    def __init__(self, key: str = DEFAULT_KEY, port: int = 0, *, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        key: str = DEFAULT_KEY,
+        port: int = 0,
+        *,
+        verbose: bool = False,
+        seed: int | None = None,
+        record: bool = True,
+    ) -> None:
         self.key = key
         self._port = port
         self.verbose = verbose
+        self.seed = seed
+        # Off for long soaks: the bodies of tens of thousands of requests would pile up here.
+        self.record = record
         self._lock = threading.Condition()
         self._queue: list[dict[str, Any]] = []
         self._requests: list[dict[str, Any]] = []
+        self._rng = random.Random(seed)
+        self._chaos_counts: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -330,11 +387,19 @@ class FakeAnthropic:
                 )
             return copy.deepcopy(self._requests)
 
+    @property
+    def chaos_counts(self) -> dict[str, int]:
+        """How often `chaos` entries answered each way: `429`, `500`, `529`, `hang`,
+        `delay` (then answered) and `ok` (answered at once)."""
+        with self._lock:
+            return dict(self._chaos_counts)
+
     def reset(self) -> None:
-        """Forgets the queue and the recorded requests."""
+        """Forgets the queue, the recorded requests and the chaos counts."""
         with self._lock:
             self._queue.clear()
             self._requests.clear()
+            self._chaos_counts.clear()
 
     # Used by the handler.
 
@@ -342,9 +407,30 @@ class FakeAnthropic:
         return f"{prefix}_fake_{next(self._ids)}"
 
     def _record(self, record: dict[str, Any]) -> None:
+        if not self.record:
+            return
         with self._lock:
             self._requests.append(record)
             self._lock.notify_all()
+
+    def _draw_chaos(self, entry: Mapping[str, Any]) -> tuple[str, float]:
+        """One outcome of a chaos entry (a fault from CHAOS_FAULTS, `delay` or `ok`) and the
+        seconds to wait before answering. One lock keeps the draws of concurrent requests
+        in one sequence, so a seed gives the same mix (if not the same order of requests)."""
+        with self._lock:
+            roll = self._rng.random()
+            outcome = "ok"
+            for fault, field in CHAOS_FAULTS:
+                roll -= entry.get(field, 0)
+                if roll < 0:
+                    outcome = fault
+                    break
+            delay_s = 0.0
+            if outcome == "ok" and self._rng.random() < entry.get("p_delay", 0):
+                outcome = "delay"
+                delay_s = self._rng.uniform(0, entry.get("max_delay_s", 0))
+            self._chaos_counts[outcome] = self._chaos_counts.get(outcome, 0) + 1
+            return outcome, delay_s
 
     def _take_entry(self, text: str) -> dict[str, Any] | None:
         """The entry for a request with prompt `text`: the first queued `match` entry whose
@@ -405,6 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"queued": fake.pending})
         elif method == "GET" and path == "/_fake/requests":
             self._json(200, fake.requests)
+        elif method == "GET" and path == "/_fake/chaos":
+            self._json(200, fake.chaos_counts)
         elif method == "POST" and path == "/_fake/reset":
             fake.reset()
             self._json(200, {"ok": True})
@@ -489,6 +577,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._wait(entry["seconds"])
             then = entry.get("then") or {"kind": "text", "text": DEFAULT_TEXT}
             self._answer(then, body, text, request_id)
+        elif kind == "chaos":
+            outcome, delay_s = self.fake._draw_chaos(entry)
+            if outcome == "hang":
+                self._wait(math.inf)
+            elif outcome in ("429", "500", "529"):
+                retry_after_ms = entry.get("retry_after_ms", CHAOS_RETRY_AFTER_MS)
+                fault = {"kind": "status", "status": int(outcome), "retry_after_ms": retry_after_ms}
+                self._status(fault, request_id)
+            else:
+                self._wait(delay_s)
+                then = entry.get("then") or {"kind": "text", "text": DEFAULT_TEXT}
+                self._answer(then, body, text, request_id)
         elif kind == "hang":
             self._wait(math.inf)
         elif kind == "status":
@@ -741,9 +841,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: any free port)")
     parser.add_argument("--script", help="a JSON file holding a list of entries to queue")
     parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    parser.add_argument("--seed", type=int, help="seed of the generator `chaos` entries draw from")
+    parser.add_argument(
+        "--no-record", action="store_true", help="keep no request log (for long soaks)"
+    )
     args = parser.parse_args(argv)
 
-    fake = FakeAnthropic(key=args.key, port=args.port, verbose=args.verbose)
+    fake = FakeAnthropic(
+        key=args.key,
+        port=args.port,
+        verbose=args.verbose,
+        seed=args.seed,
+        record=not args.no_record,
+    )
     if args.script:
         with open(args.script, encoding="utf-8") as file:
             fake.script(json.load(file))
