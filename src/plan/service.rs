@@ -142,12 +142,14 @@ pub async fn serve(
             .send(Emit::replay(Some(stored.id.clone()), &stored.result, None))
             .await;
     }
+    // A signal while resuming (more unfinished plans than slots, waiting for agents) stops the
+    // run like one while reading input; what is not resumed stays in the journal.
+    let mut interrupted = false;
     for stored in recovery.unfinished {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = interrupt.cancelled() => { interrupted = true; break; }
+        };
         match serde_json::from_str::<Plan>(&stored.body) {
             Ok(plan) => {
                 tracing::info!(plan = %stored.id, "resuming a plan left unfinished by an earlier run");
@@ -186,8 +188,7 @@ pub async fn serve(
     }
 
     let mut accepted = 0u64;
-    let mut interrupted = false;
-    loop {
+    while !interrupted {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = interrupt.cancelled() => { interrupted = true; break; }
@@ -229,6 +230,14 @@ pub async fn serve(
         interrupted = true;
     }
     runs.close();
+    if !interrupted {
+        // Input ended; the plans in flight finish, but a signal still stops the batch: a plan
+        // waiting for a role with no usable agent must not make the supervisor unstoppable.
+        tokio::select! {
+            () = runs.wait() => {}
+            () = interrupt.cancelled() => interrupted = true,
+        }
+    }
     if interrupted {
         tracing::warn!(grace = ?settings.drain_grace, "interrupted: finishing in-flight plans within the grace");
         tokio::select! {
@@ -239,10 +248,9 @@ pub async fn serve(
             }
             () = kill_now.cancelled() => cut_short = true,
         }
-        // Runs still waiting for a worker end as interrupted once the agents stop.
+        // Runs still waiting for a worker end as interrupted once the agents stop: jobs in a
+        // queue are answered at once, jobs on a worker when that worker has stopped.
         runner.stop_agents().await;
-        runs.wait().await;
-    } else {
         runs.wait().await;
     }
     drop(emit);
@@ -369,7 +377,8 @@ async fn run_plan(
 async fn finish(journal: &Journal, emit: &Sink, result: PlanResult) {
     let id = result.id.clone().expect("finished plans have ids");
     let emit_line = Emit::result(Some(id.clone()), &result);
-    if let Err(error) = journal.finish(id.clone(), emit_line.line.clone()).await {
+    let finished = journal.finish(id.clone(), emit_line.line.clone(), result.retryable);
+    if let Err(error) = finished.await {
         tracing::error!(plan = %id, %error, "could not journal a result; printing it anyway");
     }
     let _ = emit.send(emit_line).await;
