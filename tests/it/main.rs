@@ -11,4 +11,5 @@ mod plans;
 mod protocol_faults;
 mod restarts;
 mod scale;
+mod startup;
 mod supervise_cli;
