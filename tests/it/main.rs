@@ -1,6 +1,7 @@
 //! Integration tests: real `python3` workers under a real supervisor.
 
 mod anthropic;
+mod availability;
 mod common;
 mod control;
 mod fake_api;
