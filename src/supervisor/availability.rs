@@ -221,10 +221,11 @@ impl RoleFailure {
                 .to_owned();
         }
         match (lead.state, lead.cause) {
-            (_, Some(DeathCause::StartTimeout)) => format!(
+            (_, Some(DeathCause::StartTimeout)) => {
                 "the worker did not report ready in time: if it is only slow, raise \
                  [supervisor] start_timeout; otherwise see its stderr above"
-            ),
+                    .to_owned()
+            }
             (StateName::Failed, _) => format!(
                 "fix the configuration problem the worker reports above (its interpreter is \
                  {python}), then start the supervisor again"
@@ -266,7 +267,6 @@ impl fmt::Display for StartupFailure {
                 lead.state,
                 lead.reason
             )?;
-            write!(f, "\n  fix: {fix}")?;
             if lead.stderr_tail.is_empty() {
                 write!(f, "\n  {} wrote nothing on stderr", lead.id)?;
             } else {
@@ -275,6 +275,7 @@ impl fmt::Display for StartupFailure {
                     write!(f, "\n    | {line}")?;
                 }
             }
+            write!(f, "\n  fix: {fix}")?;
         }
         Ok(())
     }
