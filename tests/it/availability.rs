@@ -260,3 +260,67 @@ fn a_second_signal_exits_at_once_with_the_journal_intact() {
     );
     next_run_finishes_the_plan(&state);
 }
+
+#[tokio::test]
+async fn a_rejected_api_key_fails_the_plan_retryable() {
+    let api = crate::fake_api::FakeApi::start("sk-ant-the-key-the-api-accepts");
+    let mut config = pipeline_config();
+    // Importing the SDK takes seconds on a loaded machine: realistic timings, as in the
+    // anthropic tests.
+    config.supervisor.start_timeout = Duration::from_secs(60);
+    config.supervisor.heartbeat_interval = Duration::from_secs(1);
+    config.supervisor.heartbeat_misses = 5;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut args = supervise_args(config, state.path());
+    args.provider = Some(mnemosyne::config::ProviderChoice::Anthropic);
+    args.anthropic = mnemosyne::cli::supervise::AnthropicAccess {
+        api_key: Some(secrecy::SecretString::from("sk-ant-a-key-the-api-rejects")),
+        base_url: Some(api.url.clone()),
+    };
+    let mut input = plan("rejected-key");
+    input["prompt"] = json!(
+        "Build a command line tool using Rust that must parse the following log format \
+         because operators need to search all access logs within one second"
+    );
+    let (outcome, results) = supervise_in_process(args, input.to_string() + "\n", LIMIT * 6).await;
+    assert_eq!(outcome, RunOutcome::SomeFailed);
+    let result = &results[0];
+    assert_eq!(result["status"], "failed", "{result:#}");
+    assert_eq!(result["retryable"], true, "{result:#}");
+    assert!(errors_of(result).contains("config"), "{result:#}");
+}
+
+#[tokio::test]
+async fn plans_wait_for_a_role_an_operator_stopped_however_long_it_stays_stopped() {
+    let state = tempfile::tempdir().expect("state dir");
+    let mut config = pipeline_config();
+    config.plans.agent_wait = Duration::from_millis(300);
+    let pipeline = crate::plans::Pipeline::start_with(&config, state.path(), options());
+    let reviewer = pipeline
+        .supervisor
+        .agent("reviewer-1")
+        .expect("reviewer-1")
+        .clone();
+    wait_state(&reviewer, "ready", |s| s.state.to_string() == "ready").await;
+    tokio::time::timeout(LIMIT, reviewer.stop())
+        .await
+        .expect("stops within the limit")
+        .expect("stopped");
+    let mut waiting = plan("held");
+    waiting["prompt"] = json!(
+        "Build a command line tool using Rust that must parse the following log format \
+         because operators need to search all access logs within one second"
+    );
+    pipeline.send(&waiting);
+    // The period under test: many times agent_wait with the reviewer held. A plan that gave up
+    // on the role would have its (failed) result by now and not run again below.
+    tokio::time::sleep(config.plans.agent_wait * 5).await;
+    tokio::time::timeout(LIMIT, reviewer.start())
+        .await
+        .expect("starts within the limit")
+        .expect("started");
+    let (outcome, results) = pipeline.finish().await;
+    assert!(outcome.all_succeeded, "{results:#?}");
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert_eq!(results[0]["status"], "succeeded", "{results:#?}");
+}
