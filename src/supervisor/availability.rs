@@ -122,10 +122,16 @@ impl RoleHealth {
             RoleCondition::Down => (Some(self.down_since.unwrap_or(now)), true),
             RoleCondition::Waiting => (self.down_since, false),
         };
+        // Described only while the clock runs: a busy role changes status with every request,
+        // and a healthy role's health should then stay equal, waking nobody.
+        let agents = match down_since {
+            Some(_) => statuses.iter().map(describe_agent).collect(),
+            None => Vec::new(),
+        };
         Self {
             down_since,
             down_now,
-            agents: statuses.iter().map(describe_agent).collect(),
+            agents,
         }
     }
 
@@ -411,6 +417,15 @@ mod tests {
         let starting = [status("r-1", StateName::Starting, None)];
         let health = RoleHealth::unknown().next(&starting, Instant::now());
         assert_eq!(health.down_since, None);
+    }
+
+    #[test]
+    fn a_usable_role_keeps_an_unchanged_health_whatever_its_agents_do() {
+        let busy = [status("r-1", StateName::Busy, None)];
+        let ready = [status("r-1", StateName::Ready, None)];
+        let health = RoleHealth::unknown().next(&busy, Instant::now());
+        assert_eq!(health, RoleHealth::unknown());
+        assert_eq!(health.next(&ready, Instant::now()), RoleHealth::unknown());
     }
 
     #[test]

@@ -532,7 +532,13 @@ async fn watch_role(
             .iter_mut()
             .map(|status| status.borrow_and_update().clone())
             .collect();
-        health.send_modify(|health| *health = health.next(&current, Instant::now()));
+        // Plans waiting for the role watch this; they are woken only when it really changes.
+        health.send_if_modified(|health| {
+            let next = health.next(&current, Instant::now());
+            let changed = next != *health;
+            *health = next;
+            changed
+        });
         let changed = select_all(statuses.iter_mut().map(|status| Box::pin(status.changed())));
         tokio::select! {
             () = shutdown.cancelled() => return,
