@@ -157,6 +157,10 @@ pub struct PlansConfig {
     pub provider_retry_base: Duration,
     /// Finished plans whose ids the journal remembers, so a resubmitted id is replayed.
     pub journal_retain: usize,
+    /// How long a plan waits for a role none of whose agents is usable (every one failed or
+    /// cooling down) before it ends `failed`, marked retryable.
+    #[serde(with = "duration")]
+    pub agent_wait: Duration,
 }
 
 impl Default for PlansConfig {
@@ -166,6 +170,7 @@ impl Default for PlansConfig {
             provider_retries: 4,
             provider_retry_base: Duration::from_secs(1),
             journal_retain: 100_000,
+            agent_wait: Duration::from_secs(120),
         }
     }
 }
@@ -237,6 +242,9 @@ fn plans_problem(plans: &PlansConfig) -> Option<Problem> {
     }
     if plans.journal_retain < 1 {
         return problem("journal_retain", "must be at least 1");
+    }
+    if plans.agent_wait.is_zero() {
+        return problem("agent_wait", "must be greater than zero");
     }
     None
 }
@@ -981,6 +989,7 @@ mod tests {
             "provider_retries",
             "provider_retry_base",
             "journal_retain",
+            "agent_wait",
             "name",
             "model",
             "max_tokens",
@@ -1029,6 +1038,7 @@ max_in_flight = 8
 provider_retries = 1
 provider_retry_base = "250ms"
 journal_retain = 50
+agent_wait = "30s"
 
 [agents.executor]
 count = 4
@@ -1071,6 +1081,7 @@ restart = "temporary"
                 provider_retries: 1,
                 provider_retry_base: Duration::from_millis(250),
                 journal_retain: 50,
+                agent_wait: Duration::from_secs(30),
             },
             ..Config::default()
         };

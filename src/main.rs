@@ -350,7 +350,8 @@ async fn control(
     cli::control_verbs::run(&state.resolve(), verb, target, !wait.no_wait, out).await
 }
 
-/// First SIGINT/SIGTERM: stop gracefully. Second: kill at once.
+/// First SIGINT/SIGTERM: stop gracefully, within a bound. Second: kill the workers and exit at
+/// once; the journal keeps every plan without a result for the next run.
 async fn forward_signals(interrupt: CancellationToken, kill_now: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut sigint), Ok(mut sigterm)) = (
@@ -360,12 +361,17 @@ async fn forward_signals(interrupt: CancellationToken, kill_now: CancellationTok
         tracing::error!("could not install signal handlers");
         return;
     };
-    for token in [interrupt, kill_now] {
+    let messages = [
+        "signal received; stopping: plans in flight get stop_grace, the rest stay in the \
+         journal (a second signal kills the workers and exits at once)",
+        "second signal received; killing the workers and exiting at once",
+    ];
+    for (token, message) in [interrupt, kill_now].into_iter().zip(messages) {
         tokio::select! {
             _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
         }
-        tracing::warn!("signal received; stopping (a second signal kills the workers at once)");
+        tracing::warn!("{message}");
         token.cancel();
     }
 }

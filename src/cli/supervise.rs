@@ -1,8 +1,10 @@
-//! `mnemosyne supervise`: start the agents, run the work plans piped on stdin through them,
-//! print one result per plan on stdout.
+//! `mnemosyne supervise`: start the agents, wait until every role has a worker ready (or say
+//! which role cannot start, and why), run the work plans piped on stdin through them, print one
+//! result per plan on stdout, and stop within a bound whatever state the agents are in.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -84,6 +86,8 @@ pub async fn run(
     }
     let control =
         ControlSocket::bind(state_dir.path()).map_err(|error| UsageError(error.into()))?;
+    let stop_grace = args.config.supervisor.stop_grace;
+    let stop_bound = 2 * stop_grace + args.config.supervisor.term_grace + STOP_SLACK;
     let supervisor = Arc::new(Supervisor::start(&args.config, args.options)?);
     let (submissions, submitted) = tokio::sync::mpsc::channel(16);
     let control = control.serve(
@@ -99,45 +103,127 @@ pub async fn run(
             kill_switch.cancel();
         }
     });
-    let runner = PlanRunner::new(
-        supervisor.clone(),
-        RunnerSettings {
-            step_deadline: args.config.supervisor.request_timeout,
-            provider_retries: args.config.plans.provider_retries,
-            provider_retry_base: args.config.plans.provider_retry_base,
-        },
-    );
-    let settings = ServiceSettings {
-        max_in_flight: args.config.plans.max_in_flight,
-        keep_running: args.keep_running,
-        drain_grace: args.config.supervisor.stop_grace,
+
+    // The start-up gate: no plan is read, resumed or taken from a client before every role
+    // has had a worker ready, so a role that cannot start is one clear error now rather than
+    // plans waiting for it forever.
+    let gate = tokio::select! {
+        verdict = supervisor.wait_started() => Some(verdict),
+        () = args.interrupt.cancelled() => None,
     };
-    let source = PlanReader::new(input, args.config.supervisor.max_line_bytes);
-    let outcome = serve(
-        source,
-        runner,
-        journal.clone(),
-        recovery,
-        output,
-        settings,
-        args.interrupt.clone(),
-        args.kill_now.clone(),
-        Some(submitted),
-    )
-    .await;
-    supervisor.shutdown().await;
-    control.shutdown().await;
+    let outcome = match gate {
+        Some(Ok(())) => {
+            tracing::info!("every role has a worker ready; taking plans");
+            let runner = PlanRunner::new(
+                supervisor.clone(),
+                RunnerSettings {
+                    step_deadline: args.config.supervisor.request_timeout,
+                    provider_retries: args.config.plans.provider_retries,
+                    provider_retry_base: args.config.plans.provider_retry_base,
+                    agent_wait: args.config.plans.agent_wait,
+                },
+            );
+            let settings = ServiceSettings {
+                max_in_flight: args.config.plans.max_in_flight,
+                keep_running: args.keep_running,
+                drain_grace: stop_grace,
+            };
+            let source = PlanReader::new(input, args.config.supervisor.max_line_bytes);
+            let work = async {
+                let outcome = serve(
+                    source,
+                    runner,
+                    journal.clone(),
+                    recovery,
+                    output,
+                    settings,
+                    args.interrupt.clone(),
+                    args.kill_now.clone(),
+                    Some(submitted),
+                )
+                .await;
+                supervisor.shutdown().await;
+                outcome
+            };
+            match bounded_stop(work, &args.interrupt, &args.kill_now, stop_bound).await {
+                Some(outcome) => Ok(match (outcome.interrupted, outcome.all_succeeded) {
+                    (true, _) => RunOutcome::Interrupted,
+                    (false, true) => RunOutcome::AllSucceeded,
+                    (false, false) => RunOutcome::SomeFailed,
+                }),
+                None => Ok(RunOutcome::Interrupted),
+            }
+        }
+        Some(Err(failure)) => {
+            tracing::error!("a role cannot start; stopping without reading any plan");
+            Err(UsageError(anyhow::Error::new(failure)).into())
+        }
+        None => Ok(RunOutcome::Interrupted),
+    };
+    // After a gate failure or an interrupt the agents still run; stopping them is bounded like
+    // any stop (and a no-op when the work above already did it).
+    let stopping = CancellationToken::new();
+    stopping.cancel();
+    let stopped = bounded_stop(supervisor.shutdown(), &stopping, &args.kill_now, stop_bound);
+    if stopped.await.is_none() {
+        tracing::error!("the workers did not stop in time; the orphan warden ends them");
+    }
+    if tokio::time::timeout(CLEANUP_BOUND, control.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the control server did not stop in time; leaving it");
+    }
     forward_kill.abort();
     journal.close().await;
     drop(state_dir);
     if let Some(peak_rss_kib) = peak_rss_kib() {
         tracing::info!(peak_rss_kib, "supervisor finished");
     }
-    Ok(match (outcome.interrupted, outcome.all_succeeded) {
-        (true, _) => RunOutcome::Interrupted,
-        (false, true) => RunOutcome::AllSucceeded,
-        (false, false) => RunOutcome::SomeFailed,
-    })
+    outcome
+}
+
+/// Beyond `stop_grace` twice (plans draining, then workers finishing) and `term_grace`, what a
+/// stop may take: closing stdin (1 s), reading a dead worker's last output and stderr (2 s
+/// each), and room to spare. Past it the supervisor exits anyway.
+const STOP_SLACK: Duration = Duration::from_secs(7);
+/// After the second signal, how long SIGKILLing and reaping the workers may take.
+const KILL_BOUND: Duration = Duration::from_secs(1);
+/// How long the control server may take to say goodbye to its clients.
+const CLEANUP_BOUND: Duration = Duration::from_secs(2);
+
+/// Runs `work` to its end unless signals say otherwise: after `interrupt` it gets `stop_bound`
+/// more, after `kill_now` only [`KILL_BOUND`]. `None` when it was abandoned; the journal keeps
+/// every plan that had no result yet, and the orphan warden kills any worker left.
+async fn bounded_stop<T>(
+    work: impl std::future::Future<Output = T>,
+    interrupt: &CancellationToken,
+    kill_now: &CancellationToken,
+    stop_bound: Duration,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        out = &mut work => return Some(out),
+        () = interrupt.cancelled() => {}
+        () = kill_now.cancelled() => {}
+    }
+    if !kill_now.is_cancelled() {
+        tokio::select! {
+            out = &mut work => return Some(out),
+            () = tokio::time::sleep(stop_bound) => {
+                tracing::error!(?stop_bound, "the stop is taking too long; exiting with the journal as it is");
+                return None;
+            }
+            () = kill_now.cancelled() => {}
+        }
+    }
+    tokio::select! {
+        out = &mut work => Some(out),
+        () = tokio::time::sleep(KILL_BOUND) => {
+            tracing::warn!("killed: exiting without waiting any longer");
+            None
+        }
+    }
 }
 
 /// The supervisor's own peak resident memory (VmHWM), for the record of what a run cost.

@@ -20,6 +20,10 @@
 //! stays unemitted (so compaction keeps it) until a client submits that id again and is
 //! answered from the journal.
 //!
+//! A finished result may be *retryable*: the plan failed because of its surroundings (no
+//! usable agent, a rejected key), not because of what it asks. Offering its id again then
+//! replaces the row with the new body instead of replaying the result, so the plan runs again.
+//!
 //! Compaction deletes the oldest emitted rows beyond [`JournalSettings::retain_finished`]. Once
 //! a row is gone the journal no longer knows its id, so a plan with that id submitted later
 //! runs again. Unfinished and unemitted rows are never deleted.
@@ -47,8 +51,14 @@ pub const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema this code reads and writes, stored in `PRAGMA user_version`. Version 0 is a new,
-/// empty database.
+/// empty database; version 1 lacks the `submitted` and `retryable` columns, which opening
+/// adds.
 const SCHEMA_VERSION: i64 = 2;
+
+/// Whether a finished row's result may be replaced by running the plan again; only a finished
+/// row can be retryable. Shared by the schema and the migration from version 1.
+const RETRYABLE_COLUMN: &str = "retryable INTEGER NOT NULL DEFAULT 0
+        CHECK (retryable IN (0, 1) AND (retryable = 0 OR result IS NOT NULL))";
 
 /// The CHECK constraints spell out the three states of the module documentation, so that a bug
 /// here cannot store a row that is, say, finished and still holding its body.
@@ -61,6 +71,7 @@ const SCHEMA: &str = "
         finished_seq INTEGER UNIQUE,
         emitted      INTEGER NOT NULL DEFAULT 0,
         submitted    INTEGER NOT NULL DEFAULT 0 CHECK (submitted IN (0, 1)),
+        {RETRYABLE_COLUMN},
         CHECK ((body IS NULL) <> (result IS NULL)),
         CHECK ((result IS NULL) = (finished_seq IS NULL)),
         CHECK (emitted IN (0, 1) AND (emitted = 0 OR result IS NOT NULL))
@@ -97,7 +108,7 @@ pub enum Admission {
     /// Not seen before; it is now recorded as unfinished and should be run.
     New,
     /// A plan with this id already finished; here is its stored result, and it must not run
-    /// again.
+    /// again. (A finished plan whose result is retryable is [`Admission::New`] instead.)
     AlreadyFinished { result: String },
     /// An unfinished plan with this id is already recorded: resumed from a previous run, or a
     /// duplicate submitted earlier in this one.
@@ -276,16 +287,24 @@ impl Journal {
         })
     }
 
-    /// Durably records a plan's final result (the JSON line that will be printed) and clears
-    /// its body. Idempotent: a second result for the same id is ignored and the first kept. A
+    /// Durably records a plan's result (the JSON line that will be printed) and clears its
+    /// body. Idempotent: a second result for the same id is ignored and the first kept. A
     /// result for an id that was never accepted is recorded too, so it is still emitted after
-    /// a crash.
+    /// a crash. A `retryable` result does not stop the id from being accepted (and run) again.
     pub fn finish(
         &self,
         id: String,
         result: String,
+        retryable: bool,
     ) -> impl Future<Output = Result<(), JournalError>> + Send + 'static {
-        self.request(|reply| Request::Write(Write::Finish { id, result, reply }))
+        self.request(move |reply| {
+            Request::Write(Write::Finish {
+                id,
+                result,
+                retryable,
+                reply,
+            })
+        })
     }
 
     /// Records that these plans' results were written to stdout. Unknown or unfinished ids
@@ -380,12 +399,14 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), JournalError> {
     match version {
         1 => conn
             .execute_batch(&format!(
-                "BEGIN IMMEDIATE; {MIGRATE_FROM_1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {MIGRATE_FROM_1} ALTER TABLE plans ADD COLUMN {RETRYABLE_COLUMN}; \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
             .map_err(open_error),
         0 => conn
             .execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                schema()
             ))
             .map_err(open_error),
         SCHEMA_VERSION => Ok(()),
@@ -394,6 +415,10 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), JournalError> {
             found,
         }),
     }
+}
+
+fn schema() -> String {
+    SCHEMA.replace("{RETRYABLE_COLUMN}", RETRYABLE_COLUMN)
 }
 
 fn recover(conn: &Connection) -> rusqlite::Result<Recovery> {
@@ -447,6 +472,7 @@ enum Write {
     Finish {
         id: String,
         result: String,
+        retryable: bool,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
     MarkEmitted {
@@ -605,8 +631,14 @@ impl Writer {
                 Write::Accept {
                     plans, submitted, ..
                 } => admissions.push(accept_plans(&tx, plans, *submitted)?),
-                Write::Finish { id, result, .. } => {
-                    if finish_plan(&tx, id, result, self.last_finished_seq + 1)? {
+                Write::Finish {
+                    id,
+                    result,
+                    retryable,
+                    ..
+                } => {
+                    let seq = self.last_finished_seq + 1;
+                    if finish_plan(&tx, id, result, *retryable, seq)? {
                         self.last_finished_seq += 1;
                         finishes += 1;
                     }
@@ -650,17 +682,27 @@ fn accept_plans(
     plans: &[(String, String)],
     submitted: bool,
 ) -> rusqlite::Result<Vec<Admission>> {
-    let mut find = conn.prepare_cached("SELECT result FROM plans WHERE id = ?1")?;
+    let mut find = conn.prepare_cached("SELECT result, retryable FROM plans WHERE id = ?1")?;
     let mut insert =
         conn.prepare_cached("INSERT INTO plans (id, body, submitted) VALUES (?1, ?2, ?3)")?;
+    // Deleting and inserting (rather than updating in place) gives the new run a new place in
+    // acceptance order, as any new plan gets.
+    let mut forget = conn.prepare_cached("DELETE FROM plans WHERE id = ?1")?;
     plans
         .iter()
         .map(|(id, body)| {
-            let found: Option<Option<String>> =
-                find.query_row([id], |row| row.get(0)).optional()?;
+            let found: Option<(Option<String>, bool)> = find
+                .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
             Ok(match found {
-                Some(Some(result)) => Admission::AlreadyFinished { result },
-                Some(None) => Admission::InProgress,
+                Some((Some(result), false)) => Admission::AlreadyFinished { result },
+                Some((None, _)) => Admission::InProgress,
+                Some((Some(_), true)) => {
+                    tracing::info!(plan = %id, "the plan's earlier result is retryable; running it again");
+                    forget.execute([id])?;
+                    insert.execute(params![id, body, submitted])?;
+                    Admission::New
+                }
                 None => {
                     insert.execute(params![id, body, submitted])?;
                     Admission::New
@@ -675,23 +717,24 @@ fn finish_plan(
     conn: &Connection,
     id: &str,
     result: &str,
+    retryable: bool,
     finished_seq: i64,
 ) -> rusqlite::Result<bool> {
     let changed = conn
         .prepare_cached(
-            "UPDATE plans SET result = ?2, body = NULL, finished_seq = ?3
+            "UPDATE plans SET result = ?2, body = NULL, finished_seq = ?3, retryable = ?4
              WHERE id = ?1 AND result IS NULL",
         )?
-        .execute(params![id, result, finished_seq])?;
+        .execute(params![id, result, finished_seq, retryable])?;
     if changed > 0 {
         return Ok(true);
     }
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO plans (id, result, finished_seq) VALUES (?1, ?2, ?3)
+            "INSERT INTO plans (id, result, finished_seq, retryable) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO NOTHING",
         )?
-        .execute(params![id, result, finished_seq])?;
+        .execute(params![id, result, finished_seq, retryable])?;
     Ok(inserted > 0)
 }
 
@@ -759,7 +802,7 @@ mod tests {
             admissions.expect("accept"),
             [Admission::New, Admission::New]
         );
-        bounded(journal.finish("a".into(), result_of("a")))
+        bounded(journal.finish("a".into(), result_of("a"), false))
             .await
             .expect("finish");
         bounded(journal.mark_emitted(vec!["a".into()]))
@@ -811,10 +854,10 @@ mod tests {
         bounded(journal.accept(vec![plan("b"), plan("d")]))
             .await
             .expect("accept");
-        bounded(journal.finish("b".into(), result_of("b")))
+        bounded(journal.finish("b".into(), result_of("b"), false))
             .await
             .expect("finish b");
-        bounded(journal.finish("c".into(), result_of("c")))
+        bounded(journal.finish("c".into(), result_of("c"), false))
             .await
             .expect("finish c");
         // Dropping the handle instead of closing it must lose nothing either.
@@ -846,7 +889,7 @@ mod tests {
         bounded(journal.accept(vec![plan("x")]))
             .await
             .expect("accept");
-        bounded(journal.finish("x".into(), result_of("x")))
+        bounded(journal.finish("x".into(), result_of("x"), false))
             .await
             .expect("finish");
         let admissions = bounded(journal.accept(vec![plan("x")])).await;
@@ -884,10 +927,10 @@ mod tests {
         bounded(journal.accept(vec![plan("x")]))
             .await
             .expect("accept");
-        bounded(journal.finish("x".into(), "first".into()))
+        bounded(journal.finish("x".into(), "first".into(), false))
             .await
             .expect("finish");
-        bounded(journal.finish("x".into(), "second".into()))
+        bounded(journal.finish("x".into(), "second".into(), false))
             .await
             .expect("finish again");
         bounded(journal.close()).await;
@@ -907,7 +950,7 @@ mod tests {
     async fn a_result_for_a_plan_never_accepted_is_still_emitted_after_a_restart() {
         let fx = fixture();
         let (journal, _) = open(&fx.state);
-        bounded(journal.finish("stray".into(), result_of("stray")))
+        bounded(journal.finish("stray".into(), result_of("stray"), false))
             .await
             .expect("finish");
         bounded(journal.close()).await;
@@ -1008,7 +1051,7 @@ mod tests {
             .await
             .expect("accept");
         for id in &names[..5] {
-            bounded(journal.finish((*id).into(), result_of(id)))
+            bounded(journal.finish((*id).into(), result_of(id), false))
                 .await
                 .expect("finish");
         }
@@ -1055,7 +1098,7 @@ mod tests {
             .await
             .expect("accept");
         for id in &names[..2] {
-            bounded(journal.finish((*id).into(), result_of(id)))
+            bounded(journal.finish((*id).into(), result_of(id), false))
                 .await
                 .expect("finish");
         }
@@ -1069,7 +1112,7 @@ mod tests {
 
         // The third finish triggers a compaction: p0 goes, p1 (the newest emitted) stays, and
         // p2 is not emitted yet.
-        bounded(journal.finish("p2".into(), result_of("p2")))
+        bounded(journal.finish("p2".into(), result_of("p2"), false))
             .await
             .expect("finish");
         assert_eq!(
@@ -1128,7 +1171,7 @@ mod tests {
             .await
             .expect("accept");
         for id in ["sub-done", "stdin-done"] {
-            bounded(journal.finish(id.into(), result_of(id)))
+            bounded(journal.finish(id.into(), result_of(id), false))
                 .await
                 .expect("finish");
         }
@@ -1197,5 +1240,64 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_plan_whose_result_is_retryable_is_accepted_again_and_a_final_one_is_not() {
+        let fx = fixture();
+        let (journal, _) = open(&fx.state);
+        bounded(journal.accept(vec![plan("env"), plan("own")]))
+            .await
+            .expect("accept");
+        bounded(journal.finish("env".into(), result_of("env"), true))
+            .await
+            .expect("finish");
+        bounded(journal.finish("own".into(), result_of("own"), false))
+            .await
+            .expect("finish");
+        let admissions = bounded(journal.accept(vec![plan("env"), plan("own")]))
+            .await
+            .expect("accept again");
+        assert_eq!(
+            admissions,
+            [
+                Admission::New,
+                Admission::AlreadyFinished {
+                    result: result_of("own")
+                }
+            ]
+        );
+        bounded(journal.close()).await;
+        // The re-admitted plan is unfinished again, so a restart resumes it.
+        let (journal, recovery) = open(&fx.state);
+        assert_eq!(ids(&recovery.unfinished), ["env"]);
+        bounded(journal.close()).await;
+    }
+
+    #[tokio::test]
+    async fn a_version_1_journal_is_migrated_keeping_its_plans_final() {
+        let fx = fixture();
+        let path = fx.state.path().join(JOURNAL_FILE);
+        {
+            let conn = Connection::open(&path).expect("create");
+            let v1 = SCHEMA.replace("{RETRYABLE_COLUMN},", "").replace(
+                "submitted    INTEGER NOT NULL DEFAULT 0 CHECK (submitted IN (0, 1)),",
+                "",
+            );
+            conn.execute_batch(&format!(
+                "{v1} INSERT INTO plans (id, result, finished_seq, emitted) VALUES ('old', 'r', 1, 1); \
+                 PRAGMA user_version = 1;"
+            ))
+            .expect("a version 1 journal");
+        }
+        let (journal, _) = open(&fx.state);
+        let admissions = bounded(journal.accept(vec![plan("old")]))
+            .await
+            .expect("accept");
+        assert_eq!(
+            admissions,
+            [Admission::AlreadyFinished { result: "r".into() }]
+        );
+        bounded(journal.close()).await;
     }
 }

@@ -79,6 +79,11 @@ pub struct PlanResult {
     /// Set when this result comes from the journal of an earlier run rather than a new run.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// The plan failed because of its surroundings (no usable agent of a role, a rejected
+    /// key, a provider that stayed unavailable), not because of what it asks: submitting its
+    /// id again runs it again instead of replaying this result.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
 }
 
 impl PlanResult {
@@ -100,6 +105,7 @@ impl PlanResult {
             deliveries: 0,
             failures: Vec::new(),
             replayed: false,
+            retryable: false,
         }
     }
 
@@ -113,5 +119,19 @@ impl PlanResult {
 
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).expect("results always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_appears_in_the_line_only_when_set() {
+        let mut result = PlanResult::new(Some("p".into()), PlanStatus::Failed);
+        assert!(!result.to_line().contains("retryable"));
+        result.retryable = true;
+        let line: Value = serde_json::from_str(&result.to_line()).expect("JSON");
+        assert_eq!(line["retryable"], true);
     }
 }

@@ -32,6 +32,8 @@ pub struct RunnerSettings {
     /// Extra tries of a step after a retryable provider error (rate limit, overload, 5xx).
     pub provider_retries: u32,
     pub provider_retry_base: Duration,
+    /// How long a step waits for a role with no usable agent before the plan fails.
+    pub agent_wait: Duration,
 }
 
 #[derive(Clone)]
@@ -50,12 +52,26 @@ pub enum RunEnd {
 
 #[derive(Debug)]
 enum StepError {
+    /// The plan's own outcome: final.
     Failed {
         message: String,
         failures: Vec<DeliveryFailure>,
     },
+    /// The surroundings failed the step (no usable agent, a rejected key, a provider that
+    /// stayed unavailable): the plan may run again when submitted again.
+    Environment {
+        message: String,
+    },
     Interrupted,
 }
+
+/// Worker error codes that say the surroundings failed, not the request: a rejected key or a
+/// configuration problem (`config`), or a provider that stayed unavailable after every retry.
+const ENVIRONMENT_CODES: [&str; 3] = [
+    error_codes::CONFIG,
+    error_codes::RATE_LIMITED,
+    error_codes::PROVIDER_UNAVAILABLE,
+];
 
 struct StepOk {
     value: Value,
@@ -68,6 +84,8 @@ struct TaskRun {
     usage: Usage,
     provider: Option<String>,
     failures: Vec<DeliveryFailure>,
+    /// The task failed because of its surroundings (see [`StepError::Environment`]).
+    retryable: bool,
 }
 
 impl PlanRunner {
@@ -242,6 +260,7 @@ impl PlanRunner {
             usage: Usage::default(),
             provider: None,
             failures: Vec::new(),
+            retryable: false,
         };
         let params = json!({ "plan": plan_json, "task": task_json });
         let context = match self
@@ -338,7 +357,7 @@ impl PlanRunner {
             params,
             deadline: self.settings.step_deadline,
         };
-        let Ok(outcome) = self.supervisor.submit(Role::Orchestrator, request).await else {
+        let Ok(outcome) = self.submit(Role::Orchestrator, request).await else {
             return;
         };
         let Ok(answer) = outcome.result else { return };
@@ -381,8 +400,14 @@ impl PlanRunner {
                 params: params.clone(),
                 deadline: self.settings.step_deadline,
             };
-            let Ok(outcome) = self.supervisor.submit(role, request).await else {
-                return Err(StepError::Interrupted);
+            let outcome = match self.submit(role, request).await {
+                Ok(outcome) => outcome,
+                Err(StepError::Environment { message }) => {
+                    return Err(StepError::Environment {
+                        message: format!("{role}.{method}: {message}"),
+                    });
+                }
+                Err(other) => return Err(other),
             };
             deliveries = deliveries.max(outcome.deliveries);
             let error = match outcome.result {
@@ -416,6 +441,11 @@ impl PlanRunner {
                     retry += 1;
                     tokio::time::sleep(delay).await;
                 }
+                JobError::Worker(body) if ENVIRONMENT_CODES.contains(&body.code.as_str()) => {
+                    return Err(StepError::Environment {
+                        message: format!("{role}.{method}: {}: {}", body.code, body.message),
+                    });
+                }
                 JobError::Worker(body) => {
                     return Err(message(format!("{}: {}", body.code, body.message)));
                 }
@@ -437,9 +467,36 @@ impl PlanRunner {
                     });
                 }
                 JobError::SupervisorStopped => return Err(StepError::Interrupted),
+                error @ JobError::NoWorkers { .. } => {
+                    return Err(StepError::Environment {
+                        message: format!("{role}.{method}: {error}"),
+                    });
+                }
                 other => return Err(message(other.to_string())),
             }
         }
+    }
+
+    /// Submits one request and waits for its outcome, or until `role` has had no usable agent
+    /// for `agent_wait`: then the request is withdrawn and the step fails, naming the role and
+    /// why each of its agents is out.
+    async fn submit(
+        &self,
+        role: Role,
+        request: JobRequest,
+    ) -> Result<crate::agent::JobOutcome, StepError> {
+        let outcome = self.supervisor.submit(role, request);
+        let unavailable = tokio::select! {
+            biased;
+            outcome = outcome => return outcome.map_err(|_| StepError::Interrupted),
+            unavailable = self.supervisor.role_unavailable(role, self.settings.agent_wait) => unavailable,
+        };
+        // The receiver is gone now, so the job still in the queue is recognisably abandoned.
+        self.supervisor.forget_abandoned(role);
+        tracing::warn!(%role, reason = %unavailable, "giving up on a role with no usable agent");
+        Err(StepError::Environment {
+            message: unavailable.to_string(),
+        })
     }
 }
 
@@ -480,6 +537,12 @@ impl TaskRun {
                 self.failures = failures;
                 Ok(self)
             }
+            StepError::Environment { message } => {
+                self.outcome.status = PlanStatus::Failed;
+                self.outcome.error = Some(message);
+                self.retryable = true;
+                Ok(self)
+            }
         }
     }
 }
@@ -498,6 +561,7 @@ fn skipped(task_id: &str, dependency: &str) -> TaskRun {
         usage: Usage::default(),
         provider: None,
         failures: Vec::new(),
+        retryable: false,
     }
 }
 
@@ -509,6 +573,12 @@ fn fail_plan(mut result: PlanResult, error: StepError) -> Result<PlanResult, ()>
             result.errors.push(message);
             result.failures = failures;
             result.deliveries = result.deliveries.max(result.failures.len() as u32);
+            Ok(result)
+        }
+        StepError::Environment { message } => {
+            result.status = PlanStatus::Failed;
+            result.errors.push(message);
+            result.retryable = true;
             Ok(result)
         }
     }
@@ -537,6 +607,9 @@ fn assemble(
             result.provider = run.provider;
         }
         result.failures.extend(run.failures);
+        // A plan cut short by its surroundings may run again, even if another of its tasks
+        // failed on its own: that task's outcome may differ in a complete run.
+        result.retryable |= run.retryable;
         if let Some(error) = &run.outcome.error {
             result
                 .errors

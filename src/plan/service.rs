@@ -242,12 +242,14 @@ pub async fn serve(
         emit.deliver(Some(stored.id), PlanOutput::replay(&stored.result, None))
             .await;
     }
+    // A signal while resuming (more unfinished plans than slots, waiting for agents) stops the
+    // run like one while reading input; what is not resumed stays in the journal.
+    let mut interrupted = false;
     for stored in recovery.unfinished {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = interrupt.cancelled() => { interrupted = true; break; }
+        };
         let sink = if stored.submitted {
             Sink::Journal
         } else {
@@ -290,8 +292,7 @@ pub async fn serve(
     }
 
     let mut accepted = 0u64;
-    let mut interrupted = false;
-    loop {
+    while !interrupted {
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = interrupt.cancelled() => { interrupted = true; break; }
@@ -333,6 +334,14 @@ pub async fn serve(
         interrupted = true;
     }
     runs.close();
+    if !interrupted {
+        // Input ended; the plans in flight finish, but a signal still stops the batch: a plan
+        // waiting for a role with no usable agent must not make the supervisor unstoppable.
+        tokio::select! {
+            () = runs.wait() => {}
+            () = interrupt.cancelled() => interrupted = true,
+        }
+    }
     if interrupted {
         tracing::warn!(grace = ?settings.drain_grace, "interrupted: finishing in-flight plans within the grace");
         tokio::select! {
@@ -343,10 +352,9 @@ pub async fn serve(
             }
             () = kill_now.cancelled() => cut_short = true,
         }
-        // Runs still waiting for a worker end as interrupted once the agents stop.
+        // Runs still waiting for a worker end as interrupted once the agents stop: jobs in a
+        // queue are answered at once, jobs on a worker when that worker has stopped.
         runner.stop_agents().await;
-        runs.wait().await;
-    } else {
         runs.wait().await;
     }
     drop(emit);
@@ -523,7 +531,8 @@ async fn run_plan(
 /// on the next run instead of losing it.
 async fn finish(journal: &Journal, emit: &Sink, result: PlanResult) {
     let id = result.id.clone().expect("finished plans have ids");
-    if let Err(error) = journal.finish(id.clone(), result.to_line()).await {
+    let finished = journal.finish(id.clone(), result.to_line(), result.retryable);
+    if let Err(error) = finished.await {
         tracing::error!(plan = %id, %error, "could not journal a result; printing it anyway");
     }
     emit.deliver(Some(id), PlanOutput::Ran(Box::new(result)))

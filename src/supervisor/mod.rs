@@ -1,10 +1,16 @@
-//! The supervisor: the agent table, restart decisions, backoff and the event stream.
+//! The supervisor: the agent table, restart decisions, backoff, the event stream, and whether
+//! each role can take work.
 
+mod availability;
 mod backoff;
 mod events;
 mod restart;
 mod table;
 
+pub use availability::{
+    AgentCondition, AgentFailure, RoleCondition, RoleFailure, RoleHealth, RoleUnavailable,
+    StartupFailure, agent_condition, role_condition,
+};
 pub use backoff::Backoff;
 pub use events::{Event, EventBus, EventKind};
 pub use restart::{DeathCause, Next, RestartRules, RestartTracker};

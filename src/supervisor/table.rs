@@ -1,19 +1,26 @@
-//! The agent table: starts one actor per agent, routes jobs to a role's queue, and runs the
-//! shutdown sequence.
+//! The agent table: starts one actor per agent, routes jobs to a role's queue, watches
+//! whether each role can take work (the start-up gate, the wait for a role with no usable
+//! agent), and runs the shutdown sequence.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::select_all;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::availability::{
+    AgentCondition, AgentFailure, REPORT_STDERR_LINES, RoleCondition, RoleFailure, RoleHealth,
+    RoleUnavailable, StartupFailure, agent_condition, last_worker_lines, role_condition,
+};
 use super::backoff::Backoff;
-use super::events::EventBus;
+use super::events::{EventBus, EventKind};
 use super::restart::RestartRules;
 use crate::agent::{
     AgentActor, AgentContext, AgentHandle, AgentSpec, AgentStatus, Job, JobError, JobOutcome,
@@ -73,6 +80,10 @@ struct RoleQueue {
     isolated_sender: async_channel::Sender<Job>,
     isolated_receiver: async_channel::Receiver<Job>,
     agents: usize,
+    /// How long the role has gone without a usable agent, kept by the role's watcher task.
+    health: watch::Sender<RoleHealth>,
+    /// The interpreter of the role's workers, named in start-up reports.
+    python: PathBuf,
 }
 
 pub struct Supervisor {
@@ -135,6 +146,8 @@ impl Supervisor {
                     isolated_sender: isolated_sender.clone(),
                     isolated_receiver: isolated_receiver.clone(),
                     agents: agent_config.count as usize,
+                    health: watch::Sender::new(RoleHealth::unknown()),
+                    python: config.python_for(role),
                 },
             );
             let args = agent_config.args.clone().unwrap_or_else(|| {
@@ -204,6 +217,20 @@ impl Supervisor {
                 let (actor, handle) = AgentActor::new(spec, ctx);
                 tasks.spawn(actor.run());
                 agents.push(handle);
+            }
+        }
+        for (role, queue) in &queues {
+            let statuses: Vec<_> = agents
+                .iter()
+                .filter(|agent| agent.role() == *role)
+                .map(AgentHandle::watch)
+                .collect();
+            if !statuses.is_empty() {
+                tasks.spawn(watch_role(
+                    statuses,
+                    queue.health.clone(),
+                    shutdown.child_token(),
+                ));
             }
         }
         Ok(Self {
@@ -281,12 +308,205 @@ impl Supervisor {
         self.kill_now.clone()
     }
 
+    /// The start-up gate: waits until every role with agents has had a worker ready, or
+    /// fails naming each role none of whose agents ever became ready before all of them went
+    /// down (failed, cooling down after a crash loop, or stopped by policy), with the cause,
+    /// the last stderr lines of its worker, and the fix.
+    ///
+    /// Waits as long as a role is still trying, which the crash-loop breaker bounds
+    /// (`restart_window`, `max_restarts_in_window`), or an operator holds it stopped; callers
+    /// race it against their interrupt.
+    pub async fn wait_started(&self) -> Result<(), StartupFailure> {
+        // The event stream catches an agent that was ready only briefly, between two looks at
+        // its status; the status watches catch the final state, published after its event.
+        let (history, mut events) = self.events.history_and_subscribe();
+        let mut ever_ready: BTreeSet<Role> = BTreeSet::new();
+        let mark_ready = |ever_ready: &mut BTreeSet<Role>, kind: &EventKind, agent: &str| {
+            if let EventKind::StateChanged { to, .. } = kind
+                && matches!(to, crate::agent::StateName::Ready)
+                && let Some(handle) = self.agent(agent)
+            {
+                ever_ready.insert(handle.role());
+            }
+        };
+        for event in &history {
+            if let Some(agent) = &event.agent {
+                mark_ready(&mut ever_ready, &event.kind, agent);
+            }
+        }
+        let mut watches: Vec<watch::Receiver<AgentStatus>> =
+            self.agents.iter().map(AgentHandle::watch).collect();
+        if watches.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let mut by_role: BTreeMap<Role, Vec<AgentStatus>> = BTreeMap::new();
+            for watch in &mut watches {
+                let status = watch.borrow_and_update().clone();
+                by_role.entry(status.role).or_default().push(status);
+            }
+            for (role, statuses) in &by_role {
+                if statuses
+                    .iter()
+                    .any(|status| agent_condition(status) == AgentCondition::Usable)
+                {
+                    ever_ready.insert(*role);
+                }
+            }
+            let unresolved = by_role.iter().any(|(role, statuses)| {
+                !ever_ready.contains(role) && role_condition(statuses) != RoleCondition::Down
+            });
+            if !unresolved {
+                let roles: Vec<RoleFailure> = by_role
+                    .iter()
+                    .filter(|(role, _)| !ever_ready.contains(role))
+                    .map(|(role, statuses)| self.role_failure(*role, statuses))
+                    .collect();
+                return if roles.is_empty() {
+                    Ok(())
+                } else {
+                    Err(StartupFailure { roles })
+                };
+            }
+            let changed = select_all(watches.iter_mut().map(|watch| Box::pin(watch.changed())));
+            tokio::select! {
+                (result, _, _) = changed => {
+                    if result.is_err() {
+                        // An actor ended, which happens only when the supervisor stops; the
+                        // caller's interrupt decides what comes next.
+                        return Ok(());
+                    }
+                }
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        if let Some(agent) = &event.agent {
+                            mark_ready(&mut ever_ready, &event.kind, agent);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+
+    fn role_failure(&self, role: Role, statuses: &[AgentStatus]) -> RoleFailure {
+        let agents = statuses
+            .iter()
+            .map(|status| AgentFailure {
+                id: status.id.clone(),
+                state: status.state,
+                reason: status
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".to_owned()),
+                cause: status.last_exit.as_ref().map(|exit| exit.cause),
+                stderr_tail: self
+                    .agent(&status.id)
+                    .map(|agent| {
+                        last_worker_lines(
+                            &agent.stderr_tail(crate::process::STDERR_TAIL_LINES),
+                            REPORT_STDERR_LINES,
+                        )
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+        RoleFailure {
+            role,
+            python: self
+                .queues
+                .get(&role)
+                .map(|queue| queue.python.clone())
+                .unwrap_or_default(),
+            agents,
+        }
+    }
+
+    /// Resolves once `role` has had no usable agent for `limit`: every agent failed, cooling
+    /// down, or stopped by its restart policy, with none ready in between. Never resolves for
+    /// a role an operator holds stopped, nor for one without agents (a job for it fails at
+    /// once).
+    pub async fn role_unavailable(&self, role: Role, limit: Duration) -> RoleUnavailable {
+        let Some(queue) = self.queues.get(&role) else {
+            return std::future::pending().await;
+        };
+        let mut health = queue.health.subscribe();
+        loop {
+            let current = health.borrow_and_update().clone();
+            let now = Instant::now();
+            if current.gives_up(limit, now) {
+                let since = current
+                    .down_since
+                    .expect("a role that gives up has been down");
+                return RoleUnavailable {
+                    role,
+                    waited: Duration::from_secs((now - since).as_secs()),
+                    agents: current.agents,
+                };
+            }
+            let deadline = current
+                .down_since
+                .filter(|_| current.down_now)
+                .map(|since| since + limit);
+            tokio::select! {
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        // The watcher ended with the supervisor; the job's own answer ends
+                        // the wait instead.
+                        return std::future::pending().await;
+                    }
+                }
+                () = sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Drops the jobs of `role` still waiting in its queue whose callers gave up on them
+    /// (see [`Supervisor::role_unavailable`]), so a worker that comes back later does not run
+    /// work nobody waits for.
+    pub fn forget_abandoned(&self, role: Role) {
+        let Some(queue) = self.queues.get(&role) else {
+            return;
+        };
+        for (sender, receiver) in [
+            (&queue.sender, &queue.receiver),
+            (&queue.isolated_sender, &queue.isolated_receiver),
+        ] {
+            // Each job is looked at once; those still wanted go to the back of the queue.
+            for _ in 0..receiver.len() {
+                let Ok(job) = receiver.try_recv() else { break };
+                if job.reply.is_closed() {
+                    tracing::debug!(job = %job.request.id, %role, "dropping a job nobody waits for");
+                    continue;
+                }
+                if let Err(closed) = sender.try_send(job) {
+                    closed.into_inner().finish(Err(JobError::SupervisorStopped));
+                }
+            }
+        }
+    }
+
     /// Stops every agent in parallel (shutdown message, graces, signals), answers any job
     /// still queued, and waits for the warden. Calling it again is harmless.
+    ///
+    /// Jobs waiting in a queue are answered at once, before the workers are stopped: when a
+    /// role has no usable agent nobody would ever pull them, and their callers (plans being
+    /// interrupted) must not wait for every worker's stop sequence to learn that.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        self.answer_queued_jobs();
         self.tasks.close();
         self.tasks.wait().await;
+        // Jobs that stopping workers gave back found the queues closed and were answered
+        // then; this only catches what raced with the first pass.
+        self.answer_queued_jobs();
+        if let Some(warden) = &self.warden {
+            warden.finish();
+        }
+    }
+
+    fn answer_queued_jobs(&self) {
         for queue in self.queues.values() {
             queue.sender.close();
             queue.isolated_sender.close();
@@ -298,8 +518,38 @@ impl Supervisor {
                 job.finish(Err(JobError::SupervisorStopped));
             }
         }
-        if let Some(warden) = &self.warden {
-            warden.finish();
+    }
+}
+
+/// Keeps a role's health up to date from its agents' statuses until the supervisor stops.
+async fn watch_role(
+    mut statuses: Vec<watch::Receiver<AgentStatus>>,
+    health: watch::Sender<RoleHealth>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let current: Vec<AgentStatus> = statuses
+            .iter_mut()
+            .map(|status| status.borrow_and_update().clone())
+            .collect();
+        // Plans waiting for the role watch this; they are woken only when it really changes.
+        health.send_if_modified(|health| {
+            let next = health.next(&current, Instant::now());
+            let changed = next != *health;
+            *health = next;
+            changed
+        });
+        let changed = select_all(statuses.iter_mut().map(|status| Box::pin(status.changed())));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            (result, _, _) = changed => if result.is_err() { return },
         }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: real `python3` workers under a real supervisor.
 
 mod anthropic;
+mod availability;
 mod chaos;
 mod common;
 mod control;
@@ -17,5 +18,6 @@ mod protocol_faults;
 mod restarts;
 mod sandbox;
 mod scale;
+mod startup;
 mod submit;
 mod supervise_cli;

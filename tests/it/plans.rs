@@ -388,6 +388,7 @@ impl Pipeline {
                 step_deadline: Duration::from_secs(60),
                 provider_retries: 2,
                 provider_retry_base: Duration::from_millis(10),
+                agent_wait: config.plans.agent_wait,
             },
         );
         let (input, input_reader) = tokio::io::duplex(1 << 16);

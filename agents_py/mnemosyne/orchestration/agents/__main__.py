@@ -1,42 +1,47 @@
 """Entry point of an agent worker: `python -m mnemosyne.orchestration.agents --role ROLE`.
 
-Owns only argument parsing and the choice of role; `roles.run_role` picks the provider from
-`MNEMOSYNE_PROVIDER` and the runtime does the rest. The protocol stream is taken before
-anything else is imported, so nothing a later import prints can reach the wire.
+Whatever interpreter the supervisor was configured with parses this file, so it is written in
+syntax that every Python 3 (and Python 2.7) parses: no f-strings, no annotations. It checks the
+version before anything that needs a newer Python is imported or even compiled, and reports an
+old one the way the protocol allows: a `fatal` message as the first line on stdout, the reason
+on stderr, and exit code 78, so the supervisor marks the agent `failed` (a configuration
+problem) instead of restarting it into a crash loop.
 """
 
-from mnemosyne.runtime.stdio import take_protocol_stream
+# ruff: noqa: UP031 -- %-formatting is what the oldest Pythons this must run on understand.
 
-take_protocol_stream()
+import sys
 
-# Everything below may import freely: fd 1 and sys.stdout already point at stderr.
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from typing import NoReturn  # noqa: E402
-
-from mnemosyne.orchestration.agents.roles import ROLES, run_role  # noqa: E402
-from mnemosyne.runtime.worker import fatal  # noqa: E402
+MIN_PYTHON = (3, 11)
+EXIT_CONFIG = 78
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    # A usage error is a configuration problem that a restart cannot fix, so it is reported to
-    # the supervisor as `fatal` (exit 78) rather than argparse's bare exit 2.
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        fatal("config", f"invalid worker arguments: {message}")
+def _refuse_old_python():
+    import json
+    import os
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _ArgumentParser(
-        prog="python -m mnemosyne.orchestration.agents",
-        description="Run one Mnemosyne agent worker speaking protocol v1 on stdin/stdout.",
+    found = "%d.%d.%d" % tuple(sys.version_info[:3])
+    needed = "%d.%d" % MIN_PYTHON
+    message = "Python %s is too old: the Mnemosyne worker needs Python %s or newer (%s)" % (
+        found,
+        needed,
+        sys.executable,
     )
-    parser.add_argument("--role", required=True, help="one of: " + ", ".join(ROLES))
-    args = parser.parse_args(argv)
-    if args.role not in ROLES:
-        fatal("config", f"unknown role {args.role!r}; valid roles are: {', '.join(ROLES)}")
-    return run_role(args.role)
+    sys.stderr.write("fatal (config): %s\n" % message)
+    sys.stderr.flush()
+    line = json.dumps({"type": "fatal", "code": "config", "message": message}) + "\n"
+    # Nothing has written to stdout yet, so this is the first line on the wire. (No
+    # contextlib.suppress: Python 2.7 lacks it.)
+    try:  # noqa: SIM105
+        os.write(1, line.encode("utf-8"))
+    except OSError:
+        pass
+    os._exit(EXIT_CONFIG)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if tuple(sys.version_info[:2]) < MIN_PYTHON:
+    _refuse_old_python()
+
+from mnemosyne.orchestration.agents.entry import main  # noqa: E402
+
+sys.exit(main())

@@ -1,7 +1,9 @@
 """Tests of the agent entry point, `python -m mnemosyne.orchestration.agents --role ROLE`."""
 
+import ast
 import importlib.metadata
 import platform
+import sys
 import time
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 import mnemosyne
 from mnemosyne.orchestration.agents.roles import ROLES
 
-from worker_harness import PROTOCOL_DIR, agent_argv
+from worker_harness import AGENT_MODULE, AGENTS_PY, FIXTURE_WORKERS, PROTOCOL_DIR, agent_argv
 
 
 def installed_anthropic():
@@ -204,3 +206,35 @@ def test_a_request_waiting_on_offline_latency_can_be_cancelled(spawn):
     worker.request("x", "execute", {"plan": PLAN, "task": task, "attempt": 1, "feedback": []})
     worker.send({"type": "cancel", "id": "x", "reason": "deadline"})
     assert worker.response("x", timeout=5)["error"]["code"] == "cancelled"
+
+
+def test_an_interpreter_older_than_3_11_is_a_fatal_configuration_error_naming_both_versions(
+    spawn,
+):
+    # The fixture runs this interpreter with sys.version_info set to 3.9.18 (see its comment).
+    fake_old_python = str(FIXTURE_WORKERS / "python_3_9.sh")
+    worker = spawn(
+        [fake_old_python, "-m", AGENT_MODULE, "--role", "executor"],
+        env={"FIXTURE_REAL_PYTHON": sys.executable},
+    )
+    fatal = worker.expect("fatal")
+    assert fatal["code"] == "config"
+    assert "Python 3.9.18 is too old" in fatal["message"]
+    assert "needs Python 3.11 or newer" in fatal["message"]
+    assert worker.wait() == 78
+    assert worker.remaining_lines() == [], "fatal is the only line on the wire"
+    assert "fatal (config): Python 3.9.18 is too old" in worker.stderr_text()
+
+
+def test_the_entry_point_uses_no_syntax_an_old_python_cannot_parse():
+    # An old interpreter compiles the whole file before running its version check, so one
+    # f-string or annotation there would be a SyntaxError instead of a clear report.
+    path = AGENTS_PY / "mnemosyne" / "orchestration" / "agents" / "__main__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    newer = (ast.JoinedStr, ast.NamedExpr, ast.AnnAssign, ast.Match, ast.AsyncFunctionDef)
+    for node in ast.walk(tree):
+        assert not isinstance(node, newer), f"line {node.lineno}: {type(node).__name__}"
+        if isinstance(node, ast.FunctionDef):
+            assert node.returns is None, f"line {node.lineno}: return annotation"
+            arguments = node.args.args + node.args.kwonlyargs + node.args.posonlyargs
+            assert all(arg.annotation is None for arg in arguments), f"line {node.lineno}"
