@@ -1,5 +1,6 @@
 //! Work plans: the input format, the task graph, the journal, and running plans through the agents.
 
+mod claims;
 pub mod graph;
 pub mod intake;
 pub mod journal;

@@ -22,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::claims::{Claim, Claims};
 use super::intake::{InputItem, PlanReader};
 use super::journal::{Admission, Journal, Recovery};
 use super::model::Plan;
@@ -237,6 +238,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(settings.max_in_flight));
     let runs = TaskTracker::new();
     let run_id = format!("{:08x}", fastrand::u32(..));
+    let claims = Claims::default();
 
     for stored in recovery.unemitted {
         emit.deliver(Some(stored.id), PlanOutput::replay(&stored.result, None))
@@ -255,6 +257,7 @@ pub async fn serve(
         } else {
             emit.clone()
         };
+        claims.claim_resumed(&stored.id);
         match serde_json::from_str::<Plan>(&stored.body) {
             Ok(plan) => {
                 tracing::info!(plan = %stored.id, "resuming a plan left unfinished by an earlier run");
@@ -264,6 +267,7 @@ pub async fn serve(
                     runner.clone(),
                     journal.clone(),
                     sink,
+                    claims.clone(),
                     permit,
                 ));
             }
@@ -272,7 +276,7 @@ pub async fn serve(
                 result.errors.push(format!(
                     "the journalled plan could not be read back: {error}"
                 ));
-                finish(&journal, &sink, result).await;
+                finish(&journal, &sink, &claims, result).await;
             }
         }
     }
@@ -286,6 +290,7 @@ pub async fn serve(
             runs.clone(),
             runner.clone(),
             journal.clone(),
+            claims.clone(),
             interrupt.clone(),
             run_id.clone(),
         ));
@@ -320,6 +325,7 @@ pub async fn serve(
                     runner.clone(),
                     journal.clone(),
                     emit.clone(),
+                    claims.clone(),
                     permit,
                 ));
             }
@@ -374,6 +380,7 @@ async fn take_submissions(
     runs: TaskTracker,
     runner: PlanRunner,
     journal: Journal,
+    claims: Claims<Sink>,
     interrupt: CancellationToken,
     run_id: String,
 ) {
@@ -396,6 +403,23 @@ async fn take_submissions(
             events: events.clone(),
             journal: journal.clone(),
         };
+        // A copy of a plan this run already works on follows that run instead of being
+        // journalled again; it is acknowledged like any admitted plan.
+        let mut claimed = Vec::with_capacity(plans.len());
+        for (plan, position) in plans {
+            let id = plan.id().to_owned();
+            match claims.claim(&id, sink.clone(), position.clone()) {
+                Claim::Run => claimed.push((plan, position)),
+                Claim::Follow => {
+                    tracing::info!(plan = %id, "submitted while this run works on the same id; it gets that result");
+                    let _ = events.send(SubmitEvent::Admitted { id, position }).await;
+                }
+            }
+        }
+        let plans = claimed;
+        if plans.is_empty() {
+            continue;
+        }
         let bodies = plans
             .iter()
             .map(|(plan, _)| {
@@ -413,6 +437,10 @@ async fn take_submissions(
                 for (plan, position) in plans {
                     let result = not_accepted(plan.id(), position, &reason);
                     sink.deliver(None, result).await;
+                    answer_followers(&claims, plan.id(), |position| {
+                        not_accepted(plan.id(), position, &reason)
+                    })
+                    .await;
                 }
                 continue;
             }
@@ -435,9 +463,16 @@ async fn take_submissions(
                     tracing::info!(plan = %id, "submitted plan already finished; replaying its result");
                     let _ = events.send(acknowledge).await;
                     let replay = PlanOutput::replay(&result, Some(&position));
-                    sink.deliver(Some(id), replay).await;
+                    sink.deliver(Some(id.clone()), replay).await;
+                    answer_followers(&claims, &id, |position| {
+                        PlanOutput::replay(&result, Some(&position))
+                    })
+                    .await;
                 }
-                Admission::InProgress => sink.deliver(None, in_progress(&id, position)).await,
+                Admission::InProgress => {
+                    sink.deliver(None, in_progress(&id, position)).await;
+                    answer_followers(&claims, &id, |position| in_progress(&id, position)).await;
+                }
             }
         }
         for (plan, position) in admitted {
@@ -452,6 +487,7 @@ async fn take_submissions(
                 runner.clone(),
                 journal.clone(),
                 sink.clone(),
+                claims.clone(),
                 permit,
             ));
         }
@@ -464,22 +500,36 @@ async fn admit_and_run(
     runner: PlanRunner,
     journal: Journal,
     emit: Sink,
+    claims: Claims<Sink>,
     permit: OwnedSemaphorePermit,
 ) {
     let id = plan.id().to_owned();
+    if claims.claim(&id, emit.clone(), position.clone()) == Claim::Follow {
+        tracing::info!(plan = %id, "this run already works on a plan with this id; this copy gets its result");
+        return;
+    }
     let body = serde_json::to_string(&plan).expect("plans serialise");
     let admission = journal
         .accept(vec![(id.clone(), body)])
         .await
         .map(|mut admissions| admissions.pop());
     match admission {
-        Ok(Some(Admission::New)) => run_plan(plan, position, runner, journal, emit, permit).await,
+        Ok(Some(Admission::New)) => {
+            run_plan(plan, position, runner, journal, emit, claims, permit).await;
+        }
         Ok(Some(Admission::AlreadyFinished { result })) => {
             tracing::info!(plan = %id, "plan already finished in an earlier run; replaying its result");
             let replay = PlanOutput::replay(&result, Some(&position));
             emit.deliver(None, replay).await;
+            answer_followers(&claims, &id, |position| {
+                PlanOutput::replay(&result, Some(&position))
+            })
+            .await;
         }
-        Ok(Some(Admission::InProgress)) => emit.deliver(None, in_progress(&id, position)).await,
+        Ok(Some(Admission::InProgress)) => {
+            emit.deliver(None, in_progress(&id, position)).await;
+            answer_followers(&claims, &id, |position| in_progress(&id, position)).await;
+        }
         Ok(None) | Err(_) => {
             let reason = match admission {
                 Err(error) => format!("the journal refused the plan: {error}"),
@@ -487,6 +537,10 @@ async fn admit_and_run(
             };
             emit.deliver(None, not_accepted(&id, position, &reason))
                 .await;
+            answer_followers(&claims, &id, |position| {
+                not_accepted(&id, position, &reason)
+            })
+            .await;
         }
     }
 }
@@ -514,29 +568,48 @@ async fn run_plan(
     runner: PlanRunner,
     journal: Journal,
     emit: Sink,
+    claims: Claims<Sink>,
     _permit: OwnedSemaphorePermit,
 ) {
     match runner.run(&plan).await {
         RunEnd::Finished(mut result) => {
             result.position = position;
-            finish(&journal, &emit, *result).await;
+            finish(&journal, &emit, &claims, *result).await;
         }
         RunEnd::Interrupted => {
-            tracing::info!(plan = %plan.id(), "plan interrupted; it stays in the journal")
+            let followers = claims.release(plan.id()).len();
+            tracing::info!(plan = %plan.id(), followers, "plan interrupted; it stays in the journal");
         }
+    }
+}
+
+/// Answers the copies that followed the run of `id`, each at its own place in its input.
+async fn answer_followers(
+    claims: &Claims<Sink>,
+    id: &str,
+    output_at: impl Fn(InputPosition) -> PlanOutput,
+) {
+    for follower in claims.release(id) {
+        let output = output_at(follower.position);
+        follower.sink.deliver(Some(id.to_owned()), output).await;
     }
 }
 
 /// Records the result durably, then hands it on: a crash between the two replays the result
 /// on the next run instead of losing it.
-async fn finish(journal: &Journal, emit: &Sink, result: PlanResult) {
+async fn finish(journal: &Journal, emit: &Sink, claims: &Claims<Sink>, result: PlanResult) {
     let id = result.id.clone().expect("finished plans have ids");
-    let finished = journal.finish(id.clone(), result.to_line(), result.retryable);
+    let line = result.to_line();
+    let finished = journal.finish(id.clone(), line.clone(), result.retryable);
     if let Err(error) = finished.await {
         tracing::error!(plan = %id, %error, "could not journal a result; printing it anyway");
     }
-    emit.deliver(Some(id), PlanOutput::Ran(Box::new(result)))
+    emit.deliver(Some(id.clone()), PlanOutput::Ran(Box::new(result)))
         .await;
+    answer_followers(claims, &id, |position| {
+        PlanOutput::replay(&line, Some(&position))
+    })
+    .await;
 }
 
 /// The only writer of stdout. Marks results emitted right after writing them, in batches.

@@ -743,13 +743,10 @@ fn a_long_soak_loses_and_duplicates_no_plan() {
 
 /// Piping the same batch again after a `kill -9` is how an operator restarts a batch that did
 /// not finish: which of its plans the killed run had read is unknown to them. Each plan must
-/// still end with exactly one result. Today a plan the killed run left unfinished gets two:
-/// the restarted supervisor resumes it from the journal and also answers the piped copy with
-/// `rejected: a plan with id "…" is already in progress` (plan/service.rs, `admit_and_run`,
-/// `Admission::InProgress`), and the run exits 1 though every plan succeeded.
+/// still end with exactly one result: the restarted supervisor resumes a plan the killed run
+/// left unfinished, and the piped copy follows that run instead of being refused as already
+/// in progress.
 #[test]
-#[ignore = "supervisor bug: a plan resumed after kill -9 and piped again gets a second result, \
-            `rejected: already in progress`; see this test's doc comment"]
 fn a_batch_piped_again_after_a_kill_gets_exactly_one_result_per_plan() {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
