@@ -374,6 +374,10 @@ pub async fn serve(
 /// Takes submissions one at a time. Each submission's plans are journalled in one commit and
 /// acknowledged to the submitter before any of them waits for a slot, so that a supervisor
 /// stopping from then on leaves every one of them to the next run.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pump shares the service's collaborators"
+)]
 async fn take_submissions(
     mut submissions: mpsc::Receiver<Submission>,
     slots: Arc<Semaphore>,
