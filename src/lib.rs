@@ -22,6 +22,15 @@
 //! restarted worker takes it), counting deliveries, and quarantines it after `max_deliveries`
 //! lost deliveries. Every job ends with exactly one outcome.
 //!
+//! **Plans.** [`plan::service`] takes plans from stdin (and, with `--keep-running`, from
+//! `mnemosyne submit` clients), journals each one in SQLite before work starts, runs it through
+//! [`plan::runner`] (one job per pipeline step) and writes its result once. Nothing is read
+//! before every role has had a worker ready (the start-up gate in `cli/supervise.rs`); a role
+//! that cannot start ends the run with exit 2 and the reason. After start-up a step whose role
+//! has had no usable agent for `agent_wait` fails its plan as `retryable`. Within one run, a
+//! copy of a plan whose id is already being worked on follows that run and gets its result
+//! (`plan/claims.rs`); across runs the journal replays finished results.
+//!
 //! **Processes.** Workers are launched behind the [`process::Launcher`] interface ("start a
 //! worker, learn of its exit"). The default launcher forks from one long-lived thread, puts
 //! each worker in its own process group, and sets a parent-death signal; the orphan warden (a
@@ -43,11 +52,14 @@
 //! stderr tails; a client that reads too slowly misses events (and is told so) instead of
 //! slowing anything down.
 //!
-//! **Shutdown.** `main` owns the cancellation tokens. The first SIGINT/SIGTERM cancels the
-//! shutdown token: every actor, in parallel, sends `shutdown`, waits `stop_grace`, closes
-//! stdin, SIGTERMs the group, waits `term_grace`, SIGKILLs the group and reaps. A second signal
-//! cancels the kill switch and every stop goes straight to SIGKILL. Jobs still queued are
-//! answered as "supervisor stopped"; the warden exits last.
+//! **Shutdown.** `main` owns the cancellation tokens: the interrupt (first SIGINT/SIGTERM) and
+//! the kill switch (second), of which the supervisor's and every actor's switch are children.
+//! The interrupt stops reading input and gives plans in flight `stop_grace`; then every actor,
+//! in parallel, sends `shutdown`, waits `stop_grace`, closes stdin, SIGTERMs the group, waits
+//! `term_grace`, SIGKILLs the group and reaps ([`process::escalation`]). The kill switch sends
+//! every stop straight to SIGKILL. Jobs still queued are answered as "supervisor stopped" at
+//! once, so no plan waits for an agent that will never come; the whole stop is bounded and
+//! exits 130 with unfinished plans left in the journal. The warden exits last.
 
 pub mod agent;
 pub mod cli;

@@ -88,6 +88,7 @@ pub async fn run(
         ControlSocket::bind(state_dir.path()).map_err(|error| UsageError(error.into()))?;
     let stop_grace = args.config.supervisor.stop_grace;
     let stop_bound = 2 * stop_grace + args.config.supervisor.term_grace + STOP_SLACK;
+    args.options.kill_now = args.kill_now.clone();
     let supervisor = Arc::new(Supervisor::start(&args.config, args.options)?);
     let (submissions, submitted) = tokio::sync::mpsc::channel(16);
     let control = control.serve(
@@ -95,14 +96,6 @@ pub async fn run(
         supervisor.events().clone(),
         args.keep_running.then_some(submissions),
     )?;
-    let kill_switch = supervisor.kill_switch();
-    let forward_kill = tokio::spawn({
-        let kill_now = args.kill_now.clone();
-        async move {
-            kill_now.cancelled().await;
-            kill_switch.cancel();
-        }
-    });
 
     // The start-up gate: no plan is read, resumed or taken from a client before every role
     // has had a worker ready, so a role that cannot start is one clear error now rather than
@@ -174,7 +167,6 @@ pub async fn run(
     {
         tracing::warn!("the control server did not stop in time; leaving it");
     }
-    forward_kill.abort();
     journal.close().await;
     drop(state_dir);
     if let Some(peak_rss_kib) = peak_rss_kib() {

@@ -45,6 +45,10 @@ pub struct SupervisorOptions {
     pub base_env: WorkerEnvironment,
     /// The working directory of workers.
     pub cwd: Option<PathBuf>,
+    /// The caller's kill switch (`main`'s second signal): once cancelled, every stop skips the
+    /// graces and SIGKILLs at once. The supervisor's own switch is a child of it, so the one
+    /// shutdown token tree starts in `main`.
+    pub kill_now: CancellationToken,
 }
 
 impl SupervisorOptions {
@@ -55,6 +59,7 @@ impl SupervisorOptions {
             launcher: None,
             base_env: WorkerEnvironment::from_allowlist(std::env::vars_os()),
             cwd: None,
+            kill_now: CancellationToken::new(),
         }
     }
 }
@@ -119,7 +124,7 @@ impl Supervisor {
         let events = EventBus::new();
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let kill_now = CancellationToken::new();
+        let kill_now = options.kill_now.child_token();
         let timing = Timing {
             heartbeat_interval: settings.heartbeat_interval,
             heartbeat_misses: settings.heartbeat_misses,
