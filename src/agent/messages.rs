@@ -7,7 +7,7 @@ use super::actor::{AgentActor, kill, send};
 use super::connection::ConnEvent;
 use super::in_flight::{InFlight, Redelivery, redelivery};
 use super::job::{DeliveryFailure, Job, JobError};
-use super::noise::{NOISE_STRAY_LINE, NOISE_UNKNOWN_TYPE};
+use super::noise::{NOISE_STRAY_LINE, NOISE_UNKNOWN_RESPONSE, NOISE_UNKNOWN_TYPE};
 use super::state::AgentState;
 use crate::protocol::{
     self, LogLevel, Outcome, PROTOCOL_VERSION, SupervisorMessage, WorkerMessage, encode_line,
@@ -51,6 +51,10 @@ impl AgentActor {
             }
             _ => return,
         };
+        self.note_noise(kind, detail);
+    }
+
+    fn note_noise(&mut self, kind: &'static str, detail: String) {
         self.protocol_noise += 1;
         if let Some(report) = self.noise.record(kind, detail, Instant::now()) {
             self.ctx
@@ -128,7 +132,10 @@ impl AgentActor {
             }
             WorkerMessage::Response(response) => {
                 let Some(held) = worker.in_flight.remove(&response.id) else {
+                    // Counted like other noise (protocol/README.md): a late answer to a request
+                    // already redelivered elsewhere must not finish it twice.
                     tracing::warn!(id = %response.id, "response for a request this worker does not hold; ignored");
+                    self.note_noise(NOISE_UNKNOWN_RESPONSE, response.id);
                     return;
                 };
                 let pid = worker.conn.pid;

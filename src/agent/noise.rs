@@ -14,6 +14,9 @@ pub(super) const NOISE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) const NOISE_STRAY_LINE: &str = "stray_line";
 /// The `kind` of a report whose latest noise was a message of unknown type.
 pub(super) const NOISE_UNKNOWN_TYPE: &str = "unknown_type";
+/// The `kind` of a report whose latest noise was a response for a request the worker does not
+/// hold (an unknown id, or one already answered).
+pub(super) const NOISE_UNKNOWN_RESPONSE: &str = "unknown_response";
 
 /// One merged report: how much noise since the last report, and what the latest was.
 #[derive(Debug, Clone, PartialEq, Eq)]

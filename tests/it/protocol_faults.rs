@@ -111,7 +111,9 @@ async fn stray_lines_of_any_bytes_and_unknown_types_are_counted_and_not_fatal() 
             "{kind}"
         );
     }
-    // A response for a request the worker does not hold is ignored, and the worker stays.
+    // A response for a request the worker does not hold is counted and ignored, and the
+    // worker stays.
+    let noise_before = running.executor().status().protocol_noise;
     let outcome = running
         .call("bad_line", json!({"kind": "unknown_id_response"}))
         .await;
@@ -121,9 +123,10 @@ async fn stray_lines_of_any_bytes_and_unknown_types_are_counted_and_not_fatal() 
     );
     let status = running.executor().status();
     assert!(
-        status.protocol_noise >= counted.len() as u64,
+        noise_before >= counted.len() as u64,
         "{counted:?} each counted: {status:?}"
     );
+    assert_eq!(status.protocol_noise, noise_before + 1, "{status:?}");
     assert_eq!(status.restarts, 0, "{status:?}");
     assert_eq!(outcome.deliveries, 1);
     running.stop().await;
