@@ -197,6 +197,12 @@ impl AgentActor {
     }
 
     pub(super) fn dispatch(&mut self, mut job: Job) {
+        if job.reply.is_closed() {
+            // Its caller gave up (a plan that waited `agent_wait` for the role, or one that
+            // was stopped): running it would only cost a worker's time and the provider's.
+            tracing::debug!(job = %job.request.id, "job abandoned by its caller; not dispatched");
+            return;
+        }
         let max_line = self.spec.max_line_bytes;
         let Some(worker) = self.worker.as_mut() else {
             self.redeliver(job, None);
