@@ -108,22 +108,7 @@ async fn a_plan_waiting_for_a_role_in_cooldown_fails_naming_the_crash_loop() {
 }
 
 fn supervise(config: Option<&Path>, state_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mnemosyne"));
-    command.arg("supervise").arg("--state-dir").arg(state_dir);
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    command
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env(
-            "MNEMOSYNE_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
+    supervise_command(config, state_dir, "info")
 }
 
 /// A config file whose reviewer fails (fatal) on the marker; plans wait for it an hour.

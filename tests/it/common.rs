@@ -329,3 +329,34 @@ pub fn run_within(command: &mut std::process::Command, limit: Duration) -> std::
         .unwrap_or_else(|error| panic!("{command:?} starts: {error}"));
     output_within(child, limit)
 }
+
+/// Runs a client command (`agents`, `events`, ...) with no stdin to completion, bounded by
+/// [`LIMIT`].
+pub fn run_client(command: &mut std::process::Command) -> std::process::Output {
+    run_within(command.stdin(std::process::Stdio::null()), LIMIT)
+}
+
+/// `mnemosyne supervise` on `state_dir` (with `config`, if given), its pipes captured and its
+/// log at `rust_log`, run from the test target's scratch directory.
+pub fn supervise_command(
+    config: Option<&Path>,
+    state_dir: &Path,
+    rust_log: &str,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mnemosyne"));
+    command.arg("supervise").arg("--state-dir").arg(state_dir);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .env(
+            "MNEMOSYNE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+        )
+        .env("RUST_LOG", rust_log)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    command
+}

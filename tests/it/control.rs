@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -790,32 +790,12 @@ fn mnemosyne() -> Command {
     command
 }
 
-/// Runs a client command to completion, bounded by [`LIMIT`].
-fn run(command: &mut Command) -> Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the client starts");
-    let pid = child.id();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
-    match receiver.recv_timeout(LIMIT) {
-        Ok(output) => output.expect("the client finishes"),
-        Err(_) => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            panic!("{command:?} did not finish within {LIMIT:?}");
-        }
-    }
-}
-
 fn agents_json(state: &Path) -> Vec<Value> {
-    let output = run(mnemosyne()
-        .args(["agents", "--json", "--state-dir"])
-        .arg(state));
+    let output = run_client(
+        mnemosyne()
+            .args(["agents", "--json", "--state-dir"])
+            .arg(state),
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -959,9 +939,11 @@ fn the_binary_lists_real_workers_and_counts_a_restart_after_a_sigkill() {
     assert!(cmdline(new_pid).contains("--role executor"));
 
     // An unknown agent is a usage error (2) that lists the agents.
-    let output = run(mnemosyne()
-        .args(["restart", "executor-9", "--state-dir"])
-        .arg(state.path()));
+    let output = run_client(
+        mnemosyne()
+            .args(["restart", "executor-9", "--state-dir"])
+            .arg(state.path()),
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -1007,7 +989,7 @@ fn without_a_supervisor_the_commands_exit_1_naming_the_socket() {
         vec!["events", "--follow"],
         vec!["logs", "executor-1"],
     ] {
-        let output = run(mnemosyne().args(&args).arg("--state-dir").arg(state.path()));
+        let output = run_client(mnemosyne().args(&args).arg("--state-dir").arg(state.path()));
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&expected), "{args:?}: {stderr}");

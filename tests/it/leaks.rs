@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -26,28 +26,6 @@ fn mnemosyne(cache: &Path) -> Command {
         .env_remove("MNEMOSYNE_STATE_DIR")
         .env_remove("ANTHROPIC_API_KEY");
     command
-}
-
-/// Runs a client command to completion, bounded by [`LIMIT`].
-fn run(command: &mut Command) -> Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the client starts");
-    let pid = child.id();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
-    match receiver.recv_timeout(LIMIT) {
-        Ok(output) => output.expect("the client finishes"),
-        Err(_) => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            panic!("{command:?} did not finish within {LIMIT:?}");
-        }
-    }
 }
 
 /// Kills the supervisor if the test fails before it stops it.
@@ -210,7 +188,7 @@ fn the_api_key_appears_in_no_output_log_event_or_state_file() {
         .map(|line| ("a result line".to_owned(), line.clone().into_bytes()))
         .collect();
     let mut ask = |label: &str, args: &[&str]| -> Vec<u8> {
-        let output = run(mnemosyne(&cache).args(args).arg("--state-dir").arg(&state));
+        let output = run_client(mnemosyne(&cache).args(args).arg("--state-dir").arg(&state));
         assert!(
             output.status.success(),
             "{label}: {}",

@@ -22,22 +22,7 @@ fn plan(id: &str, prompt_suffix: &str) -> String {
 }
 
 fn supervise(config: Option<&Path>, state_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mnemosyne"));
-    command.arg("supervise").arg("--state-dir").arg(state_dir);
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    command
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env(
-            "MNEMOSYNE_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-        )
-        .env("RUST_LOG", "info,mnemosyne::plan::service=debug")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
+    supervise_command(config, state_dir, "info,mnemosyne::plan::service=debug")
 }
 
 fn results_of(stdout: &[u8]) -> Vec<Value> {
