@@ -188,6 +188,17 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// Examples:
+    ///   mnemosyne completions bash > ~/.local/share/bash-completion/completions/mnemosyne
+    ///   mnemosyne completions zsh > "${fpath[1]}/_mnemosyne"
+    ///   mnemosyne completions fish > ~/.config/fish/completions/mnemosyne.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
     #[command(name = WARDEN_SUBCOMMAND, hide = true)]
     Warden,
 }
@@ -214,6 +225,20 @@ struct NoWaitArg {
     no_wait: bool,
 }
 
+/// The command line as a user types it. The completion generators offer hidden subcommands
+/// too, and the internal warden is not something to type.
+fn completable_command() -> clap::Command {
+    use clap::CommandFactory;
+    let full = Args::command();
+    let visible = full
+        .get_subcommands()
+        .filter(|subcommand| !subcommand.is_hide_set())
+        .cloned();
+    clap::Command::new("mnemosyne")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommands(visible)
+}
+
 /// Exit codes: 0 everything succeeded, 1 some work failed, 2 usage or configuration error,
 /// 130 interrupted.
 fn main() -> ExitCode {
@@ -228,11 +253,19 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Command::Warden = args.command {
-        return match run_warden(std::io::stdin().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        };
+    match args.command {
+        Command::Warden => {
+            return match run_warden(std::io::stdin().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
+        Command::Completions { shell } => {
+            let mut command = completable_command();
+            clap_complete::generate(shell, &mut command, "mnemosyne", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -336,7 +369,9 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
             let out = &mut std::io::stdout();
             cli::submit::run(&state.resolve(), tokio::io::stdin(), max_line_bytes, out).await
         }
-        Command::Warden => unreachable!("handled before the runtime starts"),
+        Command::Warden | Command::Completions { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

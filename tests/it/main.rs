@@ -4,6 +4,7 @@ mod anthropic;
 mod availability;
 mod chaos;
 mod common;
+mod completions;
 mod control;
 mod fake_api;
 mod flood;
