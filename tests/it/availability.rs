@@ -2,7 +2,7 @@
 //! after `[plans] agent_wait`, their ids run again when resubmitted, and a batch whose plan
 //! waits for such a role still stops within a bound on a signal (at once on a second one).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,19 +141,6 @@ fn start_stuck_batch(config: &Path, state: &Path) -> (Child, std::sync::mpsc::Re
         line.contains("reviewer-1") && line.contains("worker died")
     });
     (child, lines)
-}
-
-fn watch_stderr(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 fn wait_for(lines: &std::sync::mpsc::Receiver<String>, wanted: impl Fn(&str) -> bool) {

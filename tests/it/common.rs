@@ -360,3 +360,21 @@ pub fn supervise_command(
         .stderr(std::process::Stdio::piped());
     command
 }
+
+/// Forwards the child's stderr lines to a channel, so a test can wait for a log event.
+pub fn watch_stderr(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}

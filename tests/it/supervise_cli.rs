@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
@@ -176,20 +176,6 @@ fn a_supervisor_sigkilled_mid_batch_and_started_again_gives_every_plan_exactly_o
         third_results.iter().all(|r| r["replayed"] == true),
         "{third_results:#?}"
     );
-}
-
-/// Forwards the child's stderr lines to a channel, so a test can wait for a log event.
-fn watch_stderr(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 /// Waits until log lines matching `wanted` account for `count` (summing their `count=N`).
