@@ -188,6 +188,28 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// Re-read the configuration file and the secrets of a running supervisor (as SIGHUP).
+    ///
+    /// Agents whose workers would start differently (interpreter, environment, provider,
+    /// arguments) are replaced gracefully, one at a time, each ready again before the next
+    /// goes; roles grow or shrink to their new counts; nothing in flight is lost. New
+    /// [supervisor] timings apply to workers started afterwards. A file that does not parse is
+    /// refused and the running configuration stays. Keys read only at start ([plans], the
+    /// request timeout) are reported as needing a restart. Exit 1 if an agent did not come
+    /// back ready (the rollout stops there).
+    ///
+    /// Examples:
+    ///   mnemosyne reload
+    ///   mnemosyne reload --json
+    ///   kill -HUP "$(pgrep -f 'mnemosyne supervise')"
+    #[command(verbatim_doc_comment)]
+    Reload {
+        /// Print the report as one JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// Examples:
@@ -310,19 +332,25 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
             provider,
         } => {
             let cwd = std::env::current_dir()?;
-            let (config, _) = Config::discover(config.as_deref(), &cwd)?;
+            let (loaded, _) = Config::discover(config.as_deref(), &cwd)?;
+            let config_source = cli::ConfigSource {
+                explicit: config,
+                cwd,
+            };
             let mut options = SupervisorOptions::new(cli::cache_dir());
             options.warden_program = std::env::current_exe().ok();
             let interrupt = CancellationToken::new();
             let kill_now = CancellationToken::new();
             tokio::spawn(forward_signals(interrupt.clone(), kill_now.clone()));
             let args = cli::supervise::SuperviseArgs {
-                config,
+                config: loaded,
                 provider,
                 anthropic: cli::supervise::AnthropicAccess::from_env(),
                 options,
                 state_dir: state_dir.unwrap_or_else(default_state_dir),
                 keep_running,
+                config_source: Some(config_source),
+                reload_on_hangup: true,
                 interrupt,
                 kill_now,
             };
@@ -363,6 +391,9 @@ async fn run(command: Command) -> anyhow::Result<RunOutcome> {
         } => {
             let out = &mut std::io::stdout();
             cli::logs::run(&state.resolve(), &agent, lines, follow, out).await
+        }
+        Command::Reload { json, state } => {
+            cli::reload::run(&state.resolve(), json, &mut std::io::stdout()).await
         }
         Command::Submit { state } => {
             let max_line_bytes = mnemosyne::protocol::DEFAULT_MAX_LINE_BYTES;

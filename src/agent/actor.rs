@@ -6,6 +6,7 @@
 //! worker's messages in [`super::messages`], its death and stop in [`super::death`], and the
 //! stop escalation itself in [`crate::process::escalation`].
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -154,7 +155,9 @@ impl AgentActor {
                         continue;
                     }
                     ActorEvent::Command(command) => {
-                        self.on_command(command).await;
+                        if self.on_command(command).await.is_break() {
+                            break;
+                        }
                         continue;
                     }
                     ActorEvent::Job(job) => {
@@ -296,7 +299,8 @@ impl AgentActor {
         }
     }
 
-    async fn on_command(&mut self, command: AgentCommand) {
+    /// Breaks when the agent has ended.
+    async fn on_command(&mut self, command: AgentCommand) -> ControlFlow<()> {
         match command {
             AgentCommand::Stop { reply } => {
                 self.held = true;
@@ -324,7 +328,39 @@ impl AgentActor {
                 self.start_worker().await;
                 let _ = reply.send(());
             }
+            AgentCommand::Reconfigure {
+                spec,
+                replace,
+                reply,
+            } => {
+                self.spec = *spec;
+                let given_up = matches!(
+                    self.state,
+                    AgentState::Failed { .. } | AgentState::Cooldown { .. }
+                );
+                if replace && !self.held && (self.worker.is_some() || given_up) {
+                    // The failures counted so far were those of the old configuration.
+                    self.tracker.reset();
+                    self.stop_worker("configuration reloaded", false).await;
+                    self.start_worker().await;
+                }
+                let _ = reply.send(());
+            }
+            AgentCommand::Retire { reply } => {
+                let reason = "removed by a reload";
+                self.stop_worker(reason, false).await;
+                self.flush_noise(Instant::now(), true);
+                self.set_state(
+                    AgentState::Stopped {
+                        reason: reason.into(),
+                    },
+                    reason,
+                );
+                let _ = reply.send(());
+                return ControlFlow::Break(());
+            }
         }
+        ControlFlow::Continue(())
     }
 
     pub(super) async fn start_worker(&mut self) {

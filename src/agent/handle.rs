@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::actor::AgentSpec;
 use super::state::{AgentStatus, StateName};
 use crate::config::Role;
 use crate::process::LogTail;
@@ -20,6 +21,16 @@ pub(crate) enum AgentCommand {
         now: bool,
         reply: oneshot::Sender<()>,
     },
+    /// Take reloaded settings: they apply to the next worker, and with `replace` the current
+    /// worker is replaced gracefully now (an agent stopped by an operator stays stopped).
+    Reconfigure {
+        spec: Box<AgentSpec>,
+        replace: bool,
+        reply: oneshot::Sender<()>,
+    },
+    /// Stop the worker gracefully, handing its work back, and end the agent: a reload shrank
+    /// its role.
+    Retire { reply: oneshot::Sender<()> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +94,24 @@ impl AgentHandle {
     pub async fn restart(&self, now: bool) -> Result<(), AgentCommandError> {
         self.command(|reply| AgentCommand::Restart { now, reply })
             .await
+    }
+
+    pub(crate) async fn reconfigure(
+        &self,
+        spec: AgentSpec,
+        replace: bool,
+    ) -> Result<(), AgentCommandError> {
+        let spec = Box::new(spec);
+        self.command(|reply| AgentCommand::Reconfigure {
+            spec,
+            replace,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn retire(&self) -> Result<(), AgentCommandError> {
+        self.command(|reply| AgentCommand::Retire { reply }).await
     }
 
     async fn command(

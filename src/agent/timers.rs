@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::supervisor::DeathCause;
 
 /// The configured timings of an agent's workers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Timing {
     pub heartbeat_interval: Duration,
     pub heartbeat_misses: u32,

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use secrecy::SecretString;
 
+use super::reloader::{ConfigSource, Reloader};
 use crate::config::{Config, ProviderChoice};
 use crate::control::ControlSocket;
 use crate::plan::intake::PlanReader;
@@ -42,6 +43,11 @@ pub struct SuperviseArgs {
     pub options: SupervisorOptions,
     pub state_dir: PathBuf,
     pub keep_running: bool,
+    /// Where the configuration was read, so `mnemosyne reload` can read it again; `None`
+    /// when the caller built it in memory and nothing can be reloaded.
+    pub config_source: Option<ConfigSource>,
+    /// Also reload on SIGHUP (the binary; not tests running in-process).
+    pub reload_on_hangup: bool,
     /// Cancelled on the first SIGINT/SIGTERM.
     pub interrupt: CancellationToken,
     /// Cancelled on the second: every stop goes straight to SIGKILL.
@@ -54,24 +60,17 @@ pub async fn run(
     output: impl AsyncWrite + Unpin + Send + 'static,
 ) -> anyhow::Result<RunOutcome> {
     let mut args = args;
-    let provider = resolve_provider(
+    let state_dir = StateDir::lock(&args.state_dir).map_err(|error| UsageError(error.into()))?;
+    let pristine_env = args.options.base_env.clone();
+    args.options.base_env = worker_environment(
+        pristine_env.clone(),
         args.provider.unwrap_or(args.config.provider.name),
         &args.anthropic,
-    )
-    .map_err(|message| UsageError(anyhow::anyhow!(message)))?;
-    configure_provider(
-        &mut args.options.base_env,
-        provider,
-        &args.anthropic,
         &args.config,
-    );
-    let state_dir = StateDir::lock(&args.state_dir).map_err(|error| UsageError(error.into()))?;
-    crate::process::sandbox::prepare_executor(
-        &mut args.options.base_env,
-        &args.config.executor,
         state_dir.path(),
     )
-    .await;
+    .await
+    .map_err(|message| UsageError(anyhow::anyhow!(message)))?;
     let journal_settings = JournalSettings {
         retain_finished: args.config.plans.journal_retain,
         ..JournalSettings::default()
@@ -91,10 +90,23 @@ pub async fn run(
     args.options.kill_now = args.kill_now.clone();
     let supervisor = Arc::new(Supervisor::start(&args.config, args.options)?);
     let (submissions, submitted) = tokio::sync::mpsc::channel(16);
+    let (reload_requests, reloads) = tokio::sync::mpsc::channel(4);
+    let reloading = args.config_source.map(|source| {
+        let reloader = Reloader {
+            source,
+            provider: args.provider,
+            pristine_env,
+            state_dir: state_dir.path().to_path_buf(),
+            supervisor: supervisor.clone(),
+        };
+        let stop = args.interrupt.clone();
+        tokio::spawn(reloader.serve(reloads, args.reload_on_hangup, stop))
+    });
     let control = control.serve(
-        supervisor.agents().to_vec(),
+        supervisor.directory(),
         supervisor.events().clone(),
         args.keep_running.then_some(submissions),
+        reloading.is_some().then_some(reload_requests),
     )?;
 
     // The start-up gate: no plan is read, resumed or taken from a client before every role
@@ -166,6 +178,9 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("the control server did not stop in time; leaving it");
+    }
+    if let Some(reloading) = reloading {
+        reloading.abort();
     }
     journal.close().await;
     drop(state_dir);
@@ -284,6 +299,23 @@ pub fn resolve_provider(
             Ok(ResolvedProvider::Offline)
         }
     }
+}
+
+/// The environment workers start from under `config`: `pristine` plus the provider's settings
+/// and key and the executor's sandbox and workspace. Built the same way at start and on every
+/// reload.
+pub(crate) async fn worker_environment(
+    pristine: WorkerEnvironment,
+    choice: ProviderChoice,
+    access: &AnthropicAccess,
+    config: &Config,
+    state_dir: &std::path::Path,
+) -> Result<WorkerEnvironment, String> {
+    let provider = resolve_provider(choice, access)?;
+    let mut env = pristine;
+    configure_provider(&mut env, provider, access, config);
+    crate::process::sandbox::prepare_executor(&mut env, &config.executor, state_dir).await;
+    Ok(env)
 }
 
 /// Puts the provider's settings into the workers' environment. The key travels only there:

@@ -16,6 +16,7 @@ use super::protocol::{
     SubmittedPlan, Verb, decode_response, encode_line,
 };
 use super::socket::socket_path;
+use crate::supervisor::ReloadReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -150,6 +151,17 @@ impl Client {
         }
     }
 
+    /// Asks the supervisor to re-read its configuration and secrets and apply what changed;
+    /// answers once the agents have settled. A refused configuration comes back as
+    /// [`ClientError::Refused`] with [`ErrorCode::InvalidConfig`].
+    pub async fn reload(&mut self) -> Result<ReloadReport, ClientError> {
+        self.send(&Request::Reload).await?;
+        match self.receive().await? {
+            Response::Reloaded { report } => Ok(*report),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The kept event history, then with `follow` every new event.
     pub async fn events(mut self, follow: bool) -> Result<Stream, ClientError> {
         self.send(&Request::Events { follow }).await?;
@@ -262,6 +274,7 @@ fn unexpected(response: &Response) -> ClientError {
         Response::Log { .. } => "log",
         Response::Result { .. } => "result",
         Response::Missed { .. } => "missed",
+        Response::Reloaded { .. } => "reloaded",
         Response::End => "end",
         Response::Error { .. } => "error",
     })

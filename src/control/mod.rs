@@ -17,5 +17,5 @@ pub use protocol::{
     ExitRecord, Request, RequestError, Response, ResponseError, SubmittedPlan, Verb,
     decode_request, decode_response, encode_line,
 };
-pub use server::{ControlServer, ControlSocket};
+pub use server::{ControlServer, ControlSocket, ReloadRequest};
 pub use socket::{ControlError, SOCKET_FILE, socket_path};

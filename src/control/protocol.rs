@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::health::{Health, health};
 use crate::agent::{AgentStatus, LastExit};
 use crate::process::ExitStatus;
+use crate::supervisor::ReloadReport;
 
 /// The version every line carries in its `v` field, both ways.
 pub const CONTROL_PROTOCOL_VERSION: u32 = 1;
@@ -47,6 +48,8 @@ pub enum Request {
         #[serde(default = "yes")]
         wait: bool,
     },
+    /// Re-read the configuration file and the secrets, and apply what changed.
+    Reload,
     /// The kept event history, then (with `follow`) every new event.
     Events {
         #[serde(default)]
@@ -79,7 +82,7 @@ pub struct SubmittedPlan {
 impl Request {
     /// Every request `type`, to tell an unknown type from a malformed request.
     pub const TYPES: &'static [&'static str] = &[
-        "agents", "restart", "stop", "start", "events", "logs", "submit",
+        "agents", "restart", "stop", "start", "events", "logs", "submit", "reload",
     ];
 
     /// The request for `verb` on `target`.
@@ -145,6 +148,8 @@ pub enum Response {
     },
     /// The result line of one submitted plan, exactly as `supervise` prints results.
     Result { result: Value },
+    /// The answer to `reload`: what changed and what was done about it.
+    Reloaded { report: Box<ReloadReport> },
     /// This reader fell behind and `count` events (or log lines) were skipped for it.
     Missed { count: u64 },
     /// The end of a stream: the history without `follow`, or the supervisor stopping.
@@ -175,6 +180,8 @@ pub enum ErrorCode {
     Busy,
     /// The supervisor is stopping.
     ShuttingDown,
+    /// `reload` found a configuration that does not parse or is invalid; the running one stays.
+    InvalidConfig,
     /// A code from a newer supervisor.
     #[serde(other)]
     Other,

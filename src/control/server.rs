@@ -26,7 +26,7 @@ use crate::plan::intake::{Origin, check_plan};
 use crate::plan::model::Plan;
 use crate::plan::result::PlanResult;
 use crate::plan::service::{Submission, SubmitEvent};
-use crate::supervisor::{EventBus, Supervisor};
+use crate::supervisor::{AgentDirectory, EventBus, ReloadReport, Supervisor};
 
 /// How long one line may take to reach a client. A client that reads nothing for this long
 /// is dropped; one that reads slowly misses events instead of holding anything up.
@@ -67,9 +67,10 @@ impl ControlSocket {
     /// runtime.
     pub fn serve(
         self,
-        agents: Vec<AgentHandle>,
+        agents: AgentDirectory,
         events: EventBus,
         submissions: Option<tokio::sync::mpsc::Sender<Submission>>,
+        reloads: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     ) -> Result<ControlServer, ControlError> {
         let listen_error = |source| ControlError::Listen {
             path: self.file.path().to_path_buf(),
@@ -83,6 +84,7 @@ impl ControlSocket {
             agents,
             events,
             submissions,
+            reloads,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
@@ -110,8 +112,9 @@ impl ControlServer {
     /// Binds the socket in `state_dir` and serves `supervisor`'s agents and events.
     pub fn start(state_dir: &Path, supervisor: &Supervisor) -> Result<Self, ControlError> {
         ControlSocket::bind(state_dir)?.serve(
-            supervisor.agents().to_vec(),
+            supervisor.directory(),
             supervisor.events().clone(),
+            None,
             None,
         )
     }
@@ -141,11 +144,19 @@ impl Drop for ControlServer {
     }
 }
 
+/// A `reload` asked for by a client; whoever owns the configuration answers it.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub reply: tokio::sync::oneshot::Sender<Result<ReloadReport, String>>,
+}
+
 struct Shared {
-    agents: Vec<AgentHandle>,
+    agents: AgentDirectory,
     events: EventBus,
     /// Where submitted plans go; `None` when the supervisor takes no submissions.
     submissions: Option<tokio::sync::mpsc::Sender<Submission>>,
+    /// Where reloads go; `None` when nothing owns a configuration to re-read.
+    reloads: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
     clients: Arc<Semaphore>,
@@ -274,6 +285,7 @@ async fn handle(
             let now = SystemTime::now();
             let agents = shared
                 .agents
+                .current()
                 .iter()
                 .map(|agent| AgentRow::from_status(&agent.status(), now))
                 .collect();
@@ -285,6 +297,7 @@ async fn handle(
             control(shared, out, Verb::Restart { now }, &target, wait).await
         }
         Request::Submit { plans } => submit(shared, out, plans).await,
+        Request::Reload => reload(shared, out).await,
         Request::Events { follow } => {
             let (history, live) = shared.events.history_and_subscribe();
             for event in history {
@@ -304,12 +317,13 @@ async fn handle(
             lines,
             follow,
         } => {
-            let Some(handle) = shared.agents.iter().find(|a| a.id() == agent) else {
+            let Some(handle) = shared.agents.find(&agent) else {
+                let agents = shared.agents.current();
                 let message = format!(
                     "no agent named `{agent}`; the agents are: {}",
-                    ids(&shared.agents).join(", ")
+                    ids(&agents).join(", ")
                 );
-                return out.send(&unknown_agent(message, &shared.agents)).await;
+                return out.send(&unknown_agent(message, &agents)).await;
             };
             let (past, live) = handle.stderr_follow(lines);
             for line in past {
@@ -324,6 +338,33 @@ async fn handle(
                 out.send(&Response::End).await
             }
         }
+    }
+}
+
+/// Answers `reload` with what the reload did, or why the configuration was refused. The reload
+/// itself is bounded by the agents' own timers; a client that disconnects meanwhile does not
+/// stop it.
+async fn reload(shared: &Shared, out: &mut Writer) -> Result<(), Gone> {
+    let Some(reloads) = &shared.reloads else {
+        let message = "this supervisor has no configuration to reload";
+        return out.send(&error(ErrorCode::BadRequest, message)).await;
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let stopping = || error(ErrorCode::ShuttingDown, "the supervisor is stopping");
+    if reloads.send(ReloadRequest { reply }).await.is_err() {
+        return out.send(&stopping()).await;
+    }
+    let answer = tokio::select! {
+        answer = answer => answer,
+        () = shared.cancel.cancelled() => return out.send(&stopping()).await,
+    };
+    match answer {
+        Ok(Ok(report)) => {
+            let report = Box::new(report);
+            out.send(&Response::Reloaded { report }).await
+        }
+        Ok(Err(message)) => out.send(&error(ErrorCode::InvalidConfig, message)).await,
+        Err(_) => out.send(&stopping()).await,
     }
 }
 
@@ -483,7 +524,7 @@ async fn control(
     target: &str,
     wait: bool,
 ) -> Result<(), Gone> {
-    let agents = match resolve(&shared.agents, target) {
+    let agents = match resolve(&shared.agents.current(), target) {
         Ok(agents) => agents,
         Err(refusal) => return out.send(&refusal).await,
     };

@@ -57,6 +57,18 @@ impl WorkerEnvironment {
         self.plain.get(key)
     }
 
+    /// Whether both hold the same variables with the same values, secrets included (compared
+    /// here so their values never need to leave this type).
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.plain == other.plain
+            && self.secret.len() == other.secret.len()
+            && self
+                .secret
+                .iter()
+                .zip(&other.secret)
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && v1.expose_secret() == v2.expose_secret())
+    }
+
     /// Every variable with its real value, for the spawn call only.
     pub(crate) fn exposed(&self) -> impl Iterator<Item = (&str, OsString)> {
         let plain = self.plain.iter().map(|(k, v)| (k.as_str(), v.clone()));

@@ -50,6 +50,17 @@ pub enum EventKind {
         job: String,
         deliveries: u32,
     },
+    /// A changed configuration was applied (`mnemosyne reload` or SIGHUP); `halted` names the
+    /// agent whose replacement did not come back ready, if one did not.
+    ConfigReloaded {
+        changed: Vec<String>,
+        needs_restart: Vec<String>,
+        restarted: Vec<String>,
+        added: Vec<String>,
+        removed: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        halted: Option<String>,
+    },
     /// A plan's model calls crossed a context-utilisation threshold (`preserve` at 75 %,
     /// `critical` at 90 %); raised once per upward crossing.
     ContextPressure {

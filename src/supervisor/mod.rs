@@ -3,7 +3,10 @@
 
 mod availability;
 mod backoff;
+mod blueprint;
+mod directory;
 mod events;
+mod reload;
 mod restart;
 mod table;
 
@@ -12,6 +15,8 @@ pub use availability::{
     StartupFailure, agent_condition, role_condition,
 };
 pub use backoff::Backoff;
+pub use directory::AgentDirectory;
 pub use events::{Event, EventBus, EventKind};
+pub use reload::{ReloadError, ReloadReport};
 pub use restart::{DeathCause, Next, RestartRules, RestartTracker};
 pub use table::{StartError, Supervisor, SupervisorOptions};

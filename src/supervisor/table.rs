@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::select_all;
@@ -19,17 +20,16 @@ use super::availability::{
     AgentCondition, AgentFailure, REPORT_STDERR_LINES, RoleCondition, RoleFailure, RoleHealth,
     RoleUnavailable, StartupFailure, agent_condition, last_worker_lines, role_condition,
 };
-use super::backoff::Backoff;
+use super::blueprint::Blueprint;
+use super::directory::AgentDirectory;
 use super::events::{EventBus, EventKind};
-use super::restart::RestartRules;
 use crate::agent::{
     AgentActor, AgentContext, AgentHandle, AgentSpec, AgentStatus, Job, JobError, JobOutcome,
-    JobRequest, Timing,
+    JobRequest,
 };
 use crate::config::{Config, Role};
 use crate::process::{
-    LaunchSpec, Launcher, LocalLauncher, PackageError, Warden, WorkerEnvironment,
-    unpack_embedded_package,
+    Launcher, LocalLauncher, PackageError, Warden, WorkerEnvironment, unpack_embedded_package,
 };
 
 /// How the supervisor is wired to its surroundings; the config says how it behaves.
@@ -78,27 +78,83 @@ pub enum StartError {
     },
 }
 
-struct RoleQueue {
+pub(super) struct RoleQueue {
     sender: async_channel::Sender<Job>,
     /// Kept so jobs still queued at shutdown can be answered instead of silently dropped.
     receiver: async_channel::Receiver<Job>,
     isolated_sender: async_channel::Sender<Job>,
     isolated_receiver: async_channel::Receiver<Job>,
-    agents: usize,
+    /// How many agents the role has; a reload may change it.
+    pub(super) agents: AtomicUsize,
     /// How long the role has gone without a usable agent, kept by the role's watcher task.
     health: watch::Sender<RoleHealth>,
+    /// Ends the role's watcher task, which a reload replaces when the role's agents change.
+    watcher: Mutex<CancellationToken>,
     /// The interpreter of the role's workers, named in start-up reports.
-    python: PathBuf,
+    pub(super) python: Mutex<PathBuf>,
+}
+
+impl RoleQueue {
+    fn new(agents: usize, python: PathBuf) -> Self {
+        let (sender, receiver) = async_channel::unbounded();
+        let (isolated_sender, isolated_receiver) = async_channel::unbounded();
+        Self {
+            sender,
+            receiver,
+            isolated_sender,
+            isolated_receiver,
+            agents: AtomicUsize::new(agents),
+            health: watch::Sender::new(RoleHealth::unknown()),
+            watcher: Mutex::new(CancellationToken::new()),
+            python: Mutex::new(python),
+        }
+    }
+}
+
+/// What every agent's actor is connected to.
+pub(super) struct Wiring {
+    launcher: Arc<dyn Launcher>,
+    warden: Option<Arc<Warden>>,
+    pub(super) events: EventBus,
+    tasks: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+    kill_now: CancellationToken,
+}
+
+impl Wiring {
+    /// Starts the actor of `spec`, taking work from `queue`.
+    pub(super) fn spawn_agent(&self, spec: AgentSpec, queue: &RoleQueue) -> AgentHandle {
+        let ctx = AgentContext {
+            launcher: self.launcher.clone(),
+            warden: self.warden.clone(),
+            events: self.events.clone(),
+            jobs: queue.receiver.clone(),
+            requeue: queue.sender.clone(),
+            isolated: queue.isolated_receiver.clone(),
+            requeue_isolated: queue.isolated_sender.clone(),
+            shutdown: self.shutdown.child_token(),
+            kill_now: self.kill_now.child_token(),
+        };
+        let (actor, handle) = AgentActor::new(spec, ctx);
+        self.tasks.spawn(actor.run());
+        handle
+    }
+}
+
+/// The configuration the agents currently run with; its lock also keeps reloads one at a
+/// time.
+pub(super) struct Applied {
+    pub(super) config: Config,
+    pub(super) base_env: WorkerEnvironment,
 }
 
 pub struct Supervisor {
-    agents: Vec<AgentHandle>,
-    queues: BTreeMap<Role, RoleQueue>,
-    events: EventBus,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-    kill_now: CancellationToken,
-    warden: Option<Arc<Warden>>,
+    /// Every agent, in order; replaced as a whole when a reload adds or removes agents.
+    pub(super) agents: watch::Sender<Arc<Vec<AgentHandle>>>,
+    pub(super) queues: BTreeMap<Role, RoleQueue>,
+    pub(super) wiring: Wiring,
+    pub(super) blueprint: Blueprint,
+    pub(super) applied: tokio::sync::Mutex<Applied>,
     request_timeout: Duration,
     next_job: AtomicU64,
 }
@@ -121,150 +177,95 @@ impl Supervisor {
             None => None,
         };
         let settings = &config.supervisor;
-        let events = EventBus::new();
-        let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let kill_now = options.kill_now.child_token();
-        let timing = Timing {
-            heartbeat_interval: settings.heartbeat_interval,
-            heartbeat_misses: settings.heartbeat_misses,
-            start_timeout: settings.start_timeout,
-            cancel_grace: settings.cancel_grace,
-            stop_grace: settings.stop_grace,
-            term_grace: settings.term_grace,
+        let wiring = Wiring {
+            launcher,
+            warden,
+            events: EventBus::new(),
+            tasks: TaskTracker::new(),
+            kill_now: options.kill_now.child_token(),
+            shutdown,
         };
-        let backoff = Backoff {
-            base: settings.backoff_base,
-            factor: settings.backoff_factor,
-            max: settings.backoff_max,
+        let blueprint = Blueprint {
+            package_dir,
+            cwd: options.cwd.clone(),
         };
         let mut agents = Vec::new();
         let mut queues = BTreeMap::new();
         for (&role, agent_config) in &config.agents {
-            let (sender, receiver) = async_channel::unbounded();
-            let (isolated_sender, isolated_receiver) = async_channel::unbounded();
-            queues.insert(
-                role,
-                RoleQueue {
-                    sender: sender.clone(),
-                    receiver: receiver.clone(),
-                    isolated_sender: isolated_sender.clone(),
-                    isolated_receiver: isolated_receiver.clone(),
-                    agents: agent_config.count as usize,
-                    health: watch::Sender::new(RoleHealth::unknown()),
-                    python: config.python_for(role),
-                },
-            );
-            let args = agent_config.args.clone().unwrap_or_else(|| {
-                [
-                    "-m",
-                    "mnemosyne.orchestration.agents",
-                    "--role",
-                    role.as_str(),
-                ]
-                .map(str::to_owned)
-                .to_vec()
-            });
+            let queue = RoleQueue::new(agent_config.count as usize, config.python_for(role));
             for n in 1..=agent_config.count {
-                let id = format!("{role}-{n}");
-                let mut env = options.base_env.clone();
-                for (key, value) in &agent_config.env {
-                    env.set(key.clone(), value);
-                }
-                let python_path = match agent_config.env.get("PYTHONPATH") {
-                    Some(extra) => format!("{}:{extra}", package_dir.display()),
-                    None => package_dir.display().to_string(),
-                };
-                env.set("PYTHONPATH", python_path);
-                env.set("PYTHONUNBUFFERED", "1");
-                env.set("PYTHONUTF8", "1");
-                env.set("PYTHONIOENCODING", "utf-8");
-                env.set("MNEMOSYNE_AGENT_ID", &id);
-                env.set(
-                    "MNEMOSYNE_MAX_LINE_BYTES",
-                    settings.max_line_bytes.to_string(),
-                );
-                env.set("MNEMOSYNE_SUPERVISOR_PID", std::process::id().to_string());
-                let spec = AgentSpec {
-                    id: id.clone(),
-                    role,
-                    launch: LaunchSpec {
-                        agent_id: id,
-                        program: config.python_for(role),
-                        args: args.clone(),
-                        env,
-                        cwd: options.cwd.clone(),
-                    },
-                    rules: RestartRules {
-                        policy: agent_config.restart,
-                        backoff,
-                        reset_after: settings.backoff_reset_after,
-                        window: settings.restart_window,
-                        max_failures_in_window: settings.max_restarts_in_window,
-                        cooldown_retry: settings.cooldown_retry,
-                    },
-                    timing: timing.clone(),
-                    max_line_bytes: settings.max_line_bytes,
-                    max_deliveries: settings.max_deliveries,
-                    concurrency: agent_config.concurrency,
-                };
-                let ctx = AgentContext {
-                    launcher: launcher.clone(),
-                    warden: warden.clone(),
-                    events: events.clone(),
-                    jobs: receiver.clone(),
-                    requeue: sender.clone(),
-                    isolated: isolated_receiver.clone(),
-                    requeue_isolated: isolated_sender.clone(),
-                    shutdown: shutdown.child_token(),
-                    kill_now: kill_now.child_token(),
-                };
-                let (actor, handle) = AgentActor::new(spec, ctx);
-                tasks.spawn(actor.run());
-                agents.push(handle);
+                let spec = blueprint.agent_spec(config, &options.base_env, role, n);
+                agents.push(wiring.spawn_agent(spec, &queue));
             }
+            queues.insert(role, queue);
         }
-        for (role, queue) in &queues {
-            let statuses: Vec<_> = agents
-                .iter()
-                .filter(|agent| agent.role() == *role)
-                .map(AgentHandle::watch)
-                .collect();
-            if !statuses.is_empty() {
-                tasks.spawn(watch_role(
-                    statuses,
-                    queue.health.clone(),
-                    shutdown.child_token(),
-                ));
-            }
-        }
-        Ok(Self {
-            agents,
+        let supervisor = Self {
+            agents: watch::Sender::new(Arc::new(agents)),
             queues,
-            events,
-            tasks,
-            shutdown,
-            kill_now,
-            warden,
+            wiring,
+            blueprint,
+            applied: tokio::sync::Mutex::new(Applied {
+                config: config.clone(),
+                base_env: options.base_env,
+            }),
             request_timeout: settings.request_timeout,
             next_job: AtomicU64::new(1),
-        })
+        };
+        for role in supervisor.queues.keys() {
+            supervisor.watch_role_health(*role);
+        }
+        Ok(supervisor)
     }
 
-    pub fn agents(&self) -> &[AgentHandle] {
-        &self.agents
+    /// (Re)starts the task that keeps `role`'s health up to date from its current agents.
+    pub(super) fn watch_role_health(&self, role: Role) {
+        let Some(queue) = self.queues.get(&role) else {
+            return;
+        };
+        let statuses: Vec<_> = self
+            .agents()
+            .iter()
+            .filter(|agent| agent.role() == role)
+            .map(AgentHandle::watch)
+            .collect();
+        let token = self.wiring.shutdown.child_token();
+        let previous = std::mem::replace(
+            &mut *queue
+                .watcher
+                .lock()
+                .expect("the watcher lock is never poisoned"),
+            token.clone(),
+        );
+        previous.cancel();
+        if !statuses.is_empty() {
+            self.wiring
+                .tasks
+                .spawn(watch_role(statuses, queue.health.clone(), token));
+        }
     }
 
-    pub fn agent(&self, id: &str) -> Option<&AgentHandle> {
-        self.agents.iter().find(|agent| agent.id() == id)
+    /// The agents as they are now. A reload may add or remove agents; [`Supervisor::directory`]
+    /// follows such changes.
+    pub fn agents(&self) -> Arc<Vec<AgentHandle>> {
+        self.agents.borrow().clone()
+    }
+
+    /// A live view of the agents for long-lived readers (the control server, the dashboard).
+    pub fn directory(&self) -> AgentDirectory {
+        AgentDirectory::new(self.agents.subscribe())
+    }
+
+    pub fn agent(&self, id: &str) -> Option<AgentHandle> {
+        self.agents().iter().find(|agent| agent.id() == id).cloned()
     }
 
     pub fn statuses(&self) -> Vec<AgentStatus> {
-        self.agents.iter().map(AgentHandle::status).collect()
+        self.agents().iter().map(AgentHandle::status).collect()
     }
 
     pub fn events(&self) -> &EventBus {
-        &self.events
+        &self.wiring.events
     }
 
     /// The default deadline of a request.
@@ -282,7 +283,7 @@ impl Supervisor {
     pub fn submit(&self, role: Role, request: JobRequest) -> oneshot::Receiver<JobOutcome> {
         let (job, outcome) = Job::new(request);
         match self.queues.get(&role) {
-            Some(queue) if queue.agents > 0 => {
+            Some(queue) if queue.agents.load(Ordering::Relaxed) > 0 => {
                 if let Err(closed) = queue.sender.try_send(job) {
                     closed.into_inner().finish(Err(JobError::SupervisorStopped));
                 }
@@ -310,7 +311,7 @@ impl Supervisor {
     /// A token that, once cancelled, makes every stop skip the graces and SIGKILL at once
     /// (the second Ctrl-C).
     pub fn kill_switch(&self) -> CancellationToken {
-        self.kill_now.clone()
+        self.wiring.kill_now.clone()
     }
 
     /// The start-up gate: waits until every role with agents has had a worker ready, or
@@ -324,7 +325,7 @@ impl Supervisor {
     pub async fn wait_started(&self) -> Result<(), StartupFailure> {
         // The event stream catches an agent that was ready only briefly, between two looks at
         // its status; the status watches catch the final state, published after its event.
-        let (history, mut events) = self.events.history_and_subscribe();
+        let (history, mut events) = self.wiring.events.history_and_subscribe();
         let mut ever_ready: BTreeSet<Role> = BTreeSet::new();
         let mark_ready = |ever_ready: &mut BTreeSet<Role>, kind: &EventKind, agent: &str| {
             if let EventKind::StateChanged { to, .. } = kind
@@ -340,7 +341,7 @@ impl Supervisor {
             }
         }
         let mut watches: Vec<watch::Receiver<AgentStatus>> =
-            self.agents.iter().map(AgentHandle::watch).collect();
+            self.agents().iter().map(AgentHandle::watch).collect();
         if watches.is_empty() {
             return Ok(());
         }
@@ -422,7 +423,13 @@ impl Supervisor {
             python: self
                 .queues
                 .get(&role)
-                .map(|queue| queue.python.clone())
+                .map(|queue| {
+                    queue
+                        .python
+                        .lock()
+                        .expect("the interpreter lock is never poisoned")
+                        .clone()
+                })
                 .unwrap_or_default(),
             agents,
         }
@@ -499,14 +506,14 @@ impl Supervisor {
     /// role has no usable agent nobody would ever pull them, and their callers (plans being
     /// interrupted) must not wait for every worker's stop sequence to learn that.
     pub async fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.wiring.shutdown.cancel();
         self.answer_queued_jobs();
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.wiring.tasks.close();
+        self.wiring.tasks.wait().await;
         // Jobs that stopping workers gave back found the queues closed and were answered
         // then; this only catches what raced with the first pass.
         self.answer_queued_jobs();
-        if let Some(warden) = &self.warden {
+        if let Some(warden) = &self.wiring.warden {
             warden.finish();
         }
     }

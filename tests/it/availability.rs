@@ -268,11 +268,7 @@ async fn plans_wait_for_a_role_an_operator_stopped_however_long_it_stays_stopped
     let mut config = pipeline_config();
     config.plans.agent_wait = Duration::from_millis(300);
     let pipeline = crate::plans::Pipeline::start_with(&config, state.path(), options());
-    let reviewer = pipeline
-        .supervisor
-        .agent("reviewer-1")
-        .expect("reviewer-1")
-        .clone();
+    let reviewer = pipeline.supervisor.agent("reviewer-1").expect("reviewer-1");
     wait_state(&reviewer, "ready", |s| s.state.to_string() == "ready").await;
     tokio::time::timeout(LIMIT, reviewer.stop())
         .await

@@ -88,14 +88,17 @@ impl Running {
         }
     }
 
-    pub fn executor(&self) -> &AgentHandle {
+    pub fn executor(&self) -> AgentHandle {
         self.supervisor
             .agent("executor-1")
             .expect("executor-1 exists")
     }
 
     pub async fn ready(&self) -> AgentStatus {
-        wait_state(self.executor(), "ready", |s| s.state.to_string() == "ready").await
+        wait_state(&self.executor(), "ready", |s| {
+            s.state.to_string() == "ready"
+        })
+        .await
     }
 
     pub async fn call(&self, method: &str, params: Value) -> JobOutcome {
@@ -166,11 +169,12 @@ impl Running {
 }
 
 pub async fn wait_state(
-    agent: &AgentHandle,
+    agent: impl std::borrow::Borrow<AgentHandle>,
     description: &str,
     wanted: impl FnMut(&AgentStatus) -> bool,
 ) -> AgentStatus {
     agent
+        .borrow()
         .wait_until(description, LIMIT, wanted)
         .await
         .expect("agent reaches the wanted state")
@@ -225,6 +229,8 @@ pub fn supervise_args(
         options: options(),
         state_dir: state_dir.to_owned(),
         keep_running: false,
+        config_source: None,
+        reload_on_hangup: false,
         interrupt: tokio_util::sync::CancellationToken::new(),
         kill_now: tokio_util::sync::CancellationToken::new(),
     }

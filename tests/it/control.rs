@@ -181,8 +181,7 @@ async fn a_stopped_agent_stays_stopped_until_start_brings_it_back() {
         .running
         .supervisor
         .agent("reviewer-1")
-        .expect("reviewer-1")
-        .clone();
+        .expect("reviewer-1");
     let first_pid = wait_state(&reviewer, "ready", |s| s.state.to_string() == "ready")
         .await
         .pid

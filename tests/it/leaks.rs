@@ -363,7 +363,7 @@ async fn restart_a_thousand_times() {
     executor.python = Some(PathBuf::from("/bin/sh"));
     executor.args = Some(vec!["-c".into(), CRASHING_WORKER.into()]);
     let running = Running::start(&config);
-    let agent = running.executor();
+    let agent = &running.executor();
     // A few restarts first, so that everything made once (the launcher thread, the warden,
     // buffers) exists before the baseline.
     wait_restarts(agent, 5, LIMIT).await;

@@ -16,6 +16,7 @@ mod orphans;
 mod plans;
 mod properties;
 mod protocol_faults;
+mod reload;
 mod restarts;
 mod sandbox;
 mod scale;

@@ -250,11 +250,7 @@ async fn a_worker_sigkilled_while_holding_a_request_still_gives_one_success_with
         .env
         .insert("MNEMOSYNE_OFFLINE_LATENCY_MS".into(), "2000".into());
     let pipeline = Pipeline::start(&config, state.path());
-    let executor = pipeline
-        .supervisor
-        .agent("executor-1")
-        .expect("executor-1")
-        .clone();
+    let executor = pipeline.supervisor.agent("executor-1").expect("executor-1");
     pipeline.send(&good_plan("survivor"));
     let busy = wait_state(&executor, "busy executing", |s| {
         s.current_job
